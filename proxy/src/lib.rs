@@ -1,1 +1,18 @@
-//! airlock
+//! Airlock: a node agent that stands between AI micro apps and their inference gateway.
+//!
+//! The modules follow one request's walk (see `ARCHITECTURE.md`):
+//! [`route`] picks the gateway and its TLS, [`pipeline`] judges the body,
+//! [`respond`] turns refusals into provider-shaped answers, [`proxy`] is the
+//! thin pingora dispatcher, [`decision_log`] and [`metrics`] record the
+//! outcome. Around them: [`config`], [`state`], [`admin`] and [`server`].
+
+pub mod admin;
+pub mod config;
+pub mod decision_log;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod state;

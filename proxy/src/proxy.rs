@@ -1,0 +1,548 @@
+//! The pingora extension point, kept thin: each phase calls into a stage module.
+//!
+//! Per-request state lives in [`Ctx`]. The decision record is written in
+//! `logging`, which pingora calls exactly once per request whatever path it
+//! took (early refusal, upstream failure, client gone), so every request gets
+//! exactly one line.
+
+use crate::config::Provider;
+use crate::decision_log::{Decision, DecisionRecord, Latency};
+use crate::metrics::RequestLabels;
+use crate::pipeline::{self, BodyVerdict, RequestInfo, EARLY_BODY_LIMIT};
+use crate::respond::Refusal;
+use crate::route::{Gateway, RouteError};
+use crate::state::{Shared, State};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::ServerSession as HttpSession;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Header carrying the decision id back to the app.
+pub const DECISION_ID_HEADER: &str = "x-airlock-decision-id";
+
+/// The Airlock data plane.
+pub struct AirlockProxy {
+    shared: Arc<Shared>,
+}
+
+impl AirlockProxy {
+    /// Create the proxy over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// How the request body is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyMode {
+    /// No body.
+    None,
+    /// Read and judged in `request_filter`; `forward` replaces pingora's replay.
+    Early,
+    /// Collected in `request_body_filter`, judged at its end.
+    Late,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    timestamp: SystemTime,
+    decision_id: String,
+    state: Option<Arc<State>>,
+    app: String,
+    gateway: Option<Arc<Gateway>>,
+    method: String,
+    path: String,
+    body_mode: BodyMode,
+    collected: BytesMut,
+    verdict: Option<BodyVerdict>,
+    refusal: Option<Refusal>,
+    upstream_start: Option<Instant>,
+    upstream_end: Option<Instant>,
+    status: u16,
+}
+
+impl Ctx {
+    fn provider(&self) -> Provider {
+        self.gateway
+            .as_ref()
+            .map(|g| g.provider)
+            .unwrap_or_default()
+    }
+}
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// pingora drops `Content-Length` when `Transfer-Encoding` is also present; the
+/// raw header block still shows both, and such framing is refused outright.
+fn has_conflicting_framing(session: &Session) -> bool {
+    if !session.req_header().headers.contains_key("transfer-encoding") {
+        return false;
+    }
+    match session.as_downstream() {
+        HttpSession::H1(s) => {
+            let raw = s.get_headers_raw_bytes();
+            raw.split(|&b| b == b'\n').any(|line| {
+                line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
+            })
+        }
+        _ => false,
+    }
+}
+
+async fn write_refusal(
+    session: &mut Session,
+    r: &Refusal,
+    provider: Provider,
+    decision_id: &str,
+) -> Result<()> {
+    let body = r.body(provider);
+    let mut h = ResponseHeader::build(r.status, Some(4 + r.headers.len()))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header(DECISION_ID_HEADER, decision_id)?;
+    for (k, v) in &r.headers {
+        h.insert_header(k.clone(), v.as_str())?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    Ok(())
+}
+
+impl AirlockProxy {
+    /// Answer now and stop the request (`request_filter` returns `Ok(true)`).
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<bool> {
+        ctx.status = r.status;
+        // Drain a small unread body so the app's keep-alive connection survives the refusal;
+        // a large one is not worth reading: the connection is closed instead.
+        let small = header_str(session, "content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_some_and(|n| n <= EARLY_BODY_LIMIT);
+        if small && !session.as_mut().is_body_done() {
+            let _ = session.as_downstream_mut().drain_request_body().await;
+        }
+        let res = write_refusal(session, &r, ctx.provider(), &ctx.decision_id).await;
+        ctx.refusal = Some(r);
+        res.map(|_| true)
+    }
+
+    fn judge(&self, ctx: &mut Ctx, session: &Session, body: Bytes) -> Result<(), Refusal> {
+        let state = ctx
+            .state
+            .clone()
+            .ok_or_else(|| Refusal::error(500, "internal", "no state snapshot"))?;
+        let info = RequestInfo {
+            app: &ctx.app,
+            path: &ctx.path,
+            content_type: header_str(session, "content-type"),
+            content_encoding: header_str(session, "content-encoding"),
+        };
+        let v = pipeline::inspect_body(&state, &info, body)?;
+        ctx.verdict = Some(v);
+        Ok(())
+    }
+
+    /// Read the whole (small) body before anything goes upstream.
+    async fn read_early_body(&self, session: &mut Session, limit: usize) -> Result<Bytes, Refusal> {
+        // pingora replays what request_filter read from this buffer to the upstream.
+        session.as_mut().enable_retry_buffering();
+        let mut buf = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > limit {
+                        return Err(Refusal::deny(
+                            413,
+                            "body_too_large",
+                            format!("request body exceeds {limit} bytes"),
+                        ));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(buf.freeze()),
+                Err(e) => {
+                    return Err(Refusal::deny(
+                        400,
+                        "bad_request_body",
+                        format!("could not read request body: {e}"),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for AirlockProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            timestamp: SystemTime::now(),
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            state: None,
+            app: "unidentified".into(),
+            gateway: None,
+            method: String::new(),
+            path: String::new(),
+            body_mode: BodyMode::None,
+            collected: BytesMut::new(),
+            verdict: None,
+            refusal: None,
+            upstream_start: None,
+            upstream_end: None,
+            status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // A keep-alive connection serves many requests: the clock starts per request.
+        ctx.started = Instant::now();
+        ctx.timestamp = SystemTime::now();
+        let state = self.shared.state.load_full();
+        ctx.state = Some(state.clone());
+        let cfg = &state.loaded.config;
+        {
+            let req = session.req_header();
+            ctx.method = req.method.as_str().to_string();
+            ctx.path = req.uri.path().to_string();
+        }
+
+        // Identity (stage 4): explicit mode only for now.
+        if let Some(h) = &cfg.explicit.app_header {
+            if let Some(app) = header_str(session, h) {
+                let app = app.trim();
+                if !app.is_empty() && app.len() <= 128 {
+                    ctx.app = app.to_string();
+                }
+            }
+        }
+
+        if has_conflicting_framing(session) {
+            let r = Refusal::deny(
+                400,
+                "conflicting_framing",
+                "both Content-Length and Transfer-Encoding are present",
+            );
+            return self.refuse(session, ctx, r).await;
+        }
+
+        // Route (stage 5).
+        let host = header_str(session, "host")
+            .map(str::to_string)
+            .or_else(|| session.req_header().uri.host().map(str::to_string));
+        match state.router.by_host(host.as_deref()) {
+            Ok(g) => ctx.gateway = Some(g),
+            Err(e) => {
+                let reason = match e {
+                    RouteError::NoDestination => "no_destination",
+                    _ => "unknown_destination",
+                };
+                let r = Refusal::deny(403, reason, e.to_string());
+                return self.refuse(session, ctx, r).await;
+            }
+        }
+
+        // Body bound and mode.
+        let max = cfg.limits.max_body_bytes;
+        let declared: Option<u64> =
+            header_str(session, "content-length").and_then(|v| v.trim().parse().ok());
+        if let Some(n) = declared {
+            if n > max {
+                let r = Refusal::deny(
+                    413,
+                    "body_too_large",
+                    format!("request body of {n} bytes exceeds limits.max_body_bytes ({max})"),
+                );
+                return self.refuse(session, ctx, r).await;
+            }
+        }
+        if session.as_mut().is_body_empty() {
+            ctx.body_mode = BodyMode::None;
+            if let Err(r) = self.judge(ctx, session, Bytes::new()) {
+                return self.refuse(session, ctx, r).await;
+            }
+        } else if declared.is_some_and(|n| n as usize <= EARLY_BODY_LIMIT) {
+            ctx.body_mode = BodyMode::Early;
+            let limit = (max as usize).min(EARLY_BODY_LIMIT);
+            let body = match self.read_early_body(session, limit).await {
+                Ok(b) => b,
+                Err(r) => return self.refuse(session, ctx, r).await,
+            };
+            if let Err(r) = self.judge(ctx, session, body) {
+                return self.refuse(session, ctx, r).await;
+            }
+        } else {
+            ctx.body_mode = BodyMode::Late;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(g), Some(st)) = (&ctx.gateway, &ctx.state) else {
+            return Error::e_explain(InternalError, "no gateway selected");
+        };
+        if ctx.upstream_start.is_none() {
+            ctx.upstream_start = Some(Instant::now());
+        }
+        Ok(Box::new(g.peer(&st.loaded.config.timeouts)))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut pingora::http::RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(st) = &ctx.state {
+            if let Some(h) = &st.loaded.config.explicit.app_header {
+                req.remove_header(h.as_str());
+            }
+        }
+        match ctx.body_mode {
+            BodyMode::None => {}
+            BodyMode::Early => {
+                if let Some(v) = &ctx.verdict {
+                    req.insert_header("content-length", v.forward.len().to_string())?;
+                    if v.decompressed {
+                        req.remove_header("content-encoding");
+                    }
+                }
+            }
+            BodyMode::Late => {
+                // The judged body may differ in length: let pingora send it chunked.
+                req.remove_header("content-length");
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match ctx.body_mode {
+            BodyMode::None => Ok(()),
+            BodyMode::Early => {
+                // Replace pingora's replay of the original with the judged body.
+                *body = Some(if end_of_stream {
+                    ctx.verdict
+                        .as_ref()
+                        .map(|v| v.forward.clone())
+                        .unwrap_or_default()
+                } else {
+                    Bytes::new()
+                });
+                Ok(())
+            }
+            BodyMode::Late => {
+                let max = ctx
+                    .state
+                    .as_ref()
+                    .map(|s| s.loaded.config.limits.max_body_bytes as usize)
+                    .unwrap_or(0);
+                if let Some(chunk) = body.take() {
+                    if ctx.collected.len() + chunk.len() > max {
+                        ctx.refusal = Some(Refusal::deny(
+                            413,
+                            "body_too_large",
+                            format!("request body exceeds limits.max_body_bytes ({max})"),
+                        ));
+                        return Error::e_explain(HTTPStatus(413), "request body too large");
+                    }
+                    ctx.collected.extend_from_slice(&chunk);
+                }
+                if !end_of_stream {
+                    // Some(empty), never None: None would end the upstream body early.
+                    *body = Some(Bytes::new());
+                    return Ok(());
+                }
+                let whole = std::mem::take(&mut ctx.collected).freeze();
+                match self.judge(ctx, session, whole) {
+                    Ok(()) => {
+                        *body = ctx.verdict.as_ref().map(|v| v.forward.clone());
+                        Ok(())
+                    }
+                    Err(r) => {
+                        let status = r.status;
+                        ctx.refusal = Some(r);
+                        Error::e_explain(HTTPStatus(status), "request refused after body inspection")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.status = resp.status.as_u16();
+        resp.insert_header(DECISION_ID_HEADER, ctx.decision_id.as_str())?;
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream && ctx.upstream_end.is_none() {
+            ctx.upstream_end = Some(Instant::now());
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let refusal = match ctx.refusal.clone() {
+            Some(r) => r,
+            None => classify_error(e, ctx, &self.shared),
+        };
+        if ctx.upstream_end.is_none() && ctx.upstream_start.is_some() {
+            ctx.upstream_end = Some(Instant::now());
+        }
+        let code = if session.response_written().is_some() {
+            // Mid-stream failure: the status is already out; the record says what happened.
+            ctx.status
+        } else if refusal.status > 0 {
+            match write_refusal(session, &refusal, ctx.provider(), &ctx.decision_id).await {
+                Ok(()) => refusal.status,
+                Err(_) => 0,
+            }
+        } else {
+            0
+        };
+        ctx.status = code;
+        ctx.refusal = Some(refusal);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let end = Instant::now();
+        let total = end.duration_since(ctx.started).as_secs_f64();
+        let upstream = match (ctx.upstream_start, ctx.upstream_end) {
+            (Some(s), Some(t)) => t.duration_since(s).as_secs_f64(),
+            (Some(s), None) => end.duration_since(s).as_secs_f64(),
+            _ => 0.0,
+        };
+        let overhead = (total - upstream).max(0.0);
+        let (decision, mut reasons) = match (&ctx.refusal, &ctx.verdict) {
+            (Some(r), _) => (r.decision, vec![r.reason.clone()]),
+            (None, _) if e.is_some() && ctx.status == 0 => {
+                (Decision::Error, vec!["client_disconnected".to_string()])
+            }
+            (None, Some(v)) => (v.decision, v.reasons.clone()),
+            (None, None) => (Decision::Allow, Vec::new()),
+        };
+        if decision == Decision::Error && reasons.is_empty() {
+            reasons.push("error".into());
+        }
+        let gateway = ctx.gateway.as_ref().map(|g| g.name.0.to_string());
+        let gw_label = gateway.as_deref().unwrap_or("none");
+        let m = &self.shared.metrics;
+        m.request(&RequestLabels {
+            app: &ctx.app,
+            gateway: gw_label,
+            decision: decision.as_str(),
+        });
+        if ctx.upstream_start.is_some() {
+            m.upstream_time(gw_label, upstream);
+        }
+        m.overhead_time(overhead);
+        let v = ctx.verdict.as_ref();
+        let rec = DecisionRecord {
+            decision_id: ctx.decision_id.clone(),
+            timestamp: humantime::format_rfc3339_micros(ctx.timestamp).to_string(),
+            app: ctx.app.clone(),
+            cgroup_id: None,
+            pid: None,
+            origin: None,
+            route: gateway,
+            method: ctx.method.clone(),
+            path: ctx.path.clone(),
+            model: v.and_then(|v| v.model.clone()),
+            decision,
+            reasons,
+            findings: v.map(|v| v.findings.clone()).unwrap_or_else(BTreeMap::new),
+            prompt_sha256: v.map(|v| v.prompt_sha256.clone()),
+            tokens: None,
+            cost: None,
+            budget: None,
+            policy_revision: ctx
+                .state
+                .as_ref()
+                .map(|s| s.revision.0.clone())
+                .unwrap_or_default(),
+            status: ctx.status,
+            latency_ms: Latency {
+                total: round3(total * 1e3),
+                upstream: round3(upstream * 1e3),
+                overhead: round3(overhead * 1e3),
+            },
+            prev_hash: String::new(),
+        };
+        if let Err(err) = self.shared.log.append(rec) {
+            m.log_error();
+            tracing::error!(error = %err, "decision log write failed");
+        }
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Upstream failures → 502/504 with a stable reason, counted per kind.
+fn classify_error(e: &Error, ctx: &Ctx, shared: &Shared) -> Refusal {
+    let gw = ctx
+        .gateway
+        .as_ref()
+        .map(|g| g.name.0.to_string())
+        .unwrap_or_else(|| "none".into());
+    let (status, reason, kind) = match e.etype() {
+        HTTPStatus(code) => (*code, "http_error", None),
+        ConnectTimedout | TLSHandshakeTimedout | ReadTimedout | WriteTimedout => {
+            (504, "upstream_timeout", Some("timeout"))
+        }
+        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
+            (502, "upstream_tls_failed", Some("tls"))
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError => {
+            (502, "upstream_connect_failed", Some("connect"))
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "upstream_failed", Some("other")),
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => (0, "client_disconnected", None),
+                _ => (400, "bad_request", None),
+            },
+            _ => (500, "internal", Some("internal")),
+        },
+    };
+    if let Some(k) = kind {
+        shared.metrics.upstream_error(&gw, k);
+    }
+    Refusal::error(status, reason, format!("airlock: {reason} ({})", e.etype().as_str()))
+}
