@@ -399,7 +399,10 @@ pub fn validate(c: &Config, file: &Path, base: &Path) -> Vec<ConfigError> {
         for (j, h) in g.hosts.iter().enumerate() {
             let norm = normalize_host(h);
             if norm.is_empty() || norm.contains(['/', ' ']) {
-                e(format!("gateways.{i}.hosts.{j}"), format!("invalid host {h:?}"));
+                e(
+                    format!("gateways.{i}.hosts.{j}"),
+                    format!("invalid host {h:?}"),
+                );
             } else if !hosts.insert(norm) {
                 e(
                     format!("gateways.{i}.hosts.{j}"),

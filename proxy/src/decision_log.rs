@@ -173,7 +173,10 @@ impl DecisionLog {
                 .open(&p)
                 .map_err(io)?;
             let last = last_line_hash(&mut f).map_err(io)?;
-            (Sink::File(f), last.unwrap_or_else(|| GENESIS_HASH.to_string()))
+            (
+                Sink::File(f),
+                last.unwrap_or_else(|| GENESIS_HASH.to_string()),
+            )
         };
         Ok(DecisionLog {
             inner: Mutex::new(Inner {
@@ -355,7 +358,12 @@ mod tests {
             v => panic!("{v:?}"),
         }
         // Remove line 2: line 3 (now 2) breaks.
-        let removed: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l).collect();
+        let removed: Vec<&str> = text
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, l)| l)
+            .collect();
         std::fs::write(&p, removed.join("\n") + "\n").unwrap();
         match verify(&p).unwrap() {
             Verification::Broken { line, .. } => assert_eq!(line, 2),

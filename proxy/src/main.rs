@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "airlock", version, about = "Pins AI micro apps' egress to an inspecting proxy")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Pins AI micro apps' egress to an inspecting proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

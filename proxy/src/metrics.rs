@@ -33,12 +33,11 @@ pub struct Metrics {
 
 /// Sub-millisecond resolution where the proxy's own cost lives.
 const OVERHEAD_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 1.0,
+    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
 ];
 const UPSTREAM_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// A metric could not be registered (a programming error: duplicate name).
@@ -51,7 +50,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("airlock_requests_total", "Requests by app, gateway and decision"),
+            Opts::new(
+                "airlock_requests_total",
+                "Requests by app, gateway and decision",
+            ),
             &["app", "gateway", "decision"],
         )?;
         let upstream = HistogramVec::new(

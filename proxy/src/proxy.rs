@@ -87,15 +87,18 @@ fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 /// pingora drops `Content-Length` when `Transfer-Encoding` is also present; the
 /// raw header block still shows both, and such framing is refused outright.
 fn has_conflicting_framing(session: &Session) -> bool {
-    if !session.req_header().headers.contains_key("transfer-encoding") {
+    if !session
+        .req_header()
+        .headers
+        .contains_key("transfer-encoding")
+    {
         return false;
     }
     match session.as_downstream() {
         HttpSession::H1(s) => {
             let raw = s.get_headers_raw_bytes();
-            raw.split(|&b| b == b'\n').any(|line| {
-                line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
-            })
+            raw.split(|&b| b == b'\n')
+                .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
         }
         _ => false,
     }
@@ -116,7 +119,9 @@ async fn write_refusal(
         h.insert_header(k.clone(), v.as_str())?;
     }
     session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }
 
@@ -381,7 +386,10 @@ impl ProxyHttp for AirlockProxy {
                     Err(r) => {
                         let status = r.status;
                         ctx.refusal = Some(r);
-                        Error::e_explain(HTTPStatus(status), "request refused after body inspection")
+                        Error::e_explain(
+                            HTTPStatus(status),
+                            "request refused after body inspection",
+                        )
                     }
                 }
             }
@@ -544,5 +552,9 @@ fn classify_error(e: &Error, ctx: &Ctx, shared: &Shared) -> Refusal {
     if let Some(k) = kind {
         shared.metrics.upstream_error(&gw, k);
     }
-    Refusal::error(status, reason, format!("airlock: {reason} ({})", e.etype().as_str()))
+    Refusal::error(
+        status,
+        reason,
+        format!("airlock: {reason} ({})", e.etype().as_str()),
+    )
 }

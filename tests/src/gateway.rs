@@ -24,6 +24,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// The OpenAI chat path the mock answers.
+pub const REQUEST_PATH: &str = "/v1/chat/completions";
+
 /// One request as the gateway saw it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Received {
@@ -182,12 +185,11 @@ fn server_config(
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(ca)?))
-            {
+            for c in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(ca)?)) {
                 roots.add(c?)?;
             }
-            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()?;
+            let v =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
             builder.with_client_cert_verifier(v)
         }
         None => builder.with_no_client_auth(),
@@ -229,7 +231,12 @@ async fn handle(
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            )
+        })
         .collect();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes().to_vec(),
@@ -258,8 +265,14 @@ async fn handle(
     let prompt_tokens = mock_prompt_tokens(&body);
     let completion_tokens = chunks;
     if status != 200 {
-        let mut r = plain(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), "mock status");
-        r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+        let mut r = plain(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            "mock status",
+        );
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
         return Ok(r);
     }
     match (path.as_str(), stream) {
@@ -274,7 +287,9 @@ async fn handle(
             Ok(json_resp(&v))
         }
         ("/v1/chat/completions", true) => {
-            let include_usage = json["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+            let include_usage = json["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false);
             let mut events = Vec::new();
             for i in 0..chunks {
                 let w = REPLY_WORDS[(i as usize) % REPLY_WORDS.len()];
@@ -346,8 +361,10 @@ fn json_resp(v: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Body::Left(Full::new(Bytes::from(
         serde_json::to_vec(v).unwrap_or_default(),
     ))));
-    r.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -364,8 +381,10 @@ fn sse(events: Vec<String>, delay_ms: u64) -> Response<Body> {
         }
     });
     let mut r = Response::new(Body::Right(body));
-    r.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("text/event-stream"),
+    );
     r.headers_mut()
         .insert("cache-control", http::HeaderValue::from_static("no-cache"));
     r

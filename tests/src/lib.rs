@@ -93,7 +93,9 @@ pub fn write_config(dir: &Path, o: &ConfigOpts) -> (PathBuf, SocketAddr, SocketA
 /// Wait (up to 5 s) until the log holds at least `n` records, then return them all.
 /// Records are written after the response is sent, so a test must not race them.
 pub fn wait_log(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    wait_until(std::time::Duration::from_secs(5), || read_log(path).len() >= n);
+    wait_until(std::time::Duration::from_secs(5), || {
+        read_log(path).len() >= n
+    });
     read_log(path)
 }
 

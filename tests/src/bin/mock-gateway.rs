@@ -20,7 +20,11 @@ struct Args {
     #[arg(long, default_value = "policies/certs")]
     pki_dir: PathBuf,
     /// Names on the server certificate.
-    #[arg(long, value_delimiter = ',', default_value = "api.openai.com,api.anthropic.com")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "api.openai.com,api.anthropic.com"
+    )]
     names: Vec<String>,
     /// Do not print received requests.
     #[arg(long)]
@@ -51,7 +55,11 @@ fn main() -> anyhow::Result<()> {
         client_ca: a.mtls.then(|| pki.client_ca_pem.clone()),
     };
     let gw = MockGateway::start(a.listen, &pki.server_cert, &pki.server_key, opts)?;
-    eprintln!("mock-gateway: https://{} (CA {})", gw.addr, pki.ca_pem.display());
+    eprintln!(
+        "mock-gateway: https://{} (CA {})",
+        gw.addr,
+        pki.ca_pem.display()
+    );
     let mut seen = 0;
     loop {
         std::thread::sleep(Duration::from_millis(50));
