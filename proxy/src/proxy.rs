@@ -18,7 +18,6 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -493,7 +492,7 @@ impl ProxyHttp for AirlockProxy {
             model: v.and_then(|v| v.model.clone()),
             decision,
             reasons,
-            findings: v.map(|v| v.findings.clone()).unwrap_or_else(BTreeMap::new),
+            findings: v.map(|v| v.findings.clone()).unwrap_or_default(),
             prompt_sha256: v.map(|v| v.prompt_sha256.clone()),
             tokens: None,
             cost: None,
