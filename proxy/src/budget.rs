@@ -89,7 +89,10 @@ impl BudgetConfig {
                 self.default_max_tokens
             ));
         }
-        for (key, path) in [("data_file", &self.data_file), ("prices_file", &self.prices_file)] {
+        for (key, path) in [
+            ("data_file", &self.data_file),
+            ("prices_file", &self.prices_file),
+        ] {
             if let Some(p) = path {
                 if !p.is_file() {
                     errors.push(format!("budgets.{key}: {p:?} is not a readable file"));
@@ -293,7 +296,11 @@ impl Limits {
     }
 
     /// Read and validate the two YAML (or JSON) files.
-    pub fn load(budgets_path: &Path, prices_path: &Path, cfg: &BudgetConfig) -> Result<Self, BudgetError> {
+    pub fn load(
+        budgets_path: &Path,
+        prices_path: &Path,
+        cfg: &BudgetConfig,
+    ) -> Result<Self, BudgetError> {
         let read = |path: &Path| -> Result<serde_json::Value, BudgetError> {
             let text = std::fs::read_to_string(path).map_err(|source| BudgetError::Io {
                 path: path.to_path_buf(),
@@ -352,13 +359,19 @@ impl Limits {
 
 fn check_limit(errors: &mut Vec<String>, file: &str, key: &str, l: &Limit) {
     if !l.hard.is_finite() || l.hard < 0.0 {
-        errors.push(format!("{file}: {key}.hard is {} (must be a number >= 0)", l.hard));
+        errors.push(format!(
+            "{file}: {key}.hard is {} (must be a number >= 0)",
+            l.hard
+        ));
     }
     if let Some(s) = l.soft {
         if !s.is_finite() || s < 0.0 {
             errors.push(format!("{file}: {key}.soft is {s} (must be a number >= 0)"));
         } else if s > l.hard {
-            errors.push(format!("{file}: {key}.soft ({s}) is above hard ({})", l.hard));
+            errors.push(format!(
+                "{file}: {key}.soft ({s}) is above hard ({})",
+                l.hard
+            ));
         }
     }
 }
@@ -370,7 +383,10 @@ fn validate_app(errors: &mut Vec<String>, file: &str, prefix: &str, a: &AppLimit
             check_limit(errors, file, &key, &l);
             let integral = kind != BudgetKind::CostPerDayUsd;
             if integral && l.hard.fract() != 0.0 {
-                errors.push(format!("{file}: {key}.hard is {} (must be a whole number)", l.hard));
+                errors.push(format!(
+                    "{file}: {key}.hard is {} (must be a whole number)",
+                    l.hard
+                ));
             }
         }
     }
@@ -397,7 +413,9 @@ fn validate_prices(p: &PricesFile, path: &Path) -> Vec<String> {
     let mut check = |key: String, price: &Price| {
         for (side, v) in [("input", price.input), ("output", price.output)] {
             if !v.is_finite() || v < 0.0 {
-                errors.push(format!("{file}: {key}.{side} is {v} (must be a number >= 0)"));
+                errors.push(format!(
+                    "{file}: {key}.{side} is {v} (must be a number >= 0)"
+                ));
             }
         }
     };
@@ -708,8 +726,10 @@ impl Budgets {
                 // Report what decides the outcome: a never-fit first, else the longest wait.
                 let replace = match &worst {
                     None => true,
-                    Some(w) => (r.never_fits && !w.never_fits)
-                        || (r.never_fits == w.never_fits && r.retry_after > w.retry_after),
+                    Some(w) => {
+                        (r.never_fits && !w.never_fits)
+                            || (r.never_fits == w.never_fits && r.retry_after > w.retry_after)
+                    }
                 };
                 if replace {
                     worst = Some(r);
@@ -814,7 +834,9 @@ impl Ticket {
     /// `usage`). Returns what was charged. Usage above the reservation (an
     /// under-estimated prompt) is charged too.
     pub fn reconcile(mut self, usage: Usage, now: Instant) -> Charge {
-        let cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens);
+        let cost = self
+            .price
+            .cost(usage.prompt_tokens, usage.completion_tokens);
         self.settle(usage.total(), cost, now);
         Charge {
             prompt_tokens: usage.prompt_tokens,
@@ -912,7 +934,11 @@ pub fn rejection_reply(shape: ErrorShape, app: &str, r: &Rejection) -> HttpReply
             retry_secs(r)
         )
     };
-    let code = if r.never_fits { "budget_never_fits" } else { "budget_exceeded" };
+    let code = if r.never_fits {
+        "budget_never_fits"
+    } else {
+        "budget_exceeded"
+    };
     let body = match shape {
         ErrorShape::OpenAi => serde_json::json!({
             "error": {
@@ -955,6 +981,7 @@ pub fn soft_limit_header(rem: &Remaining) -> Option<(String, String)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
     use crate::usage::{self, Dialect, SseUsage};
@@ -963,8 +990,14 @@ mod tests {
         let b: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
         let p = serde_json::json!({"default": {"input": 1.0, "output": 2.0},
             "models": {"gpt-4o": {"input": 2.5, "output": 10.0}, "gpt-4o-mini": {"input": 0.15, "output": 0.6}}});
-        Limits::from_values(&b, Path::new("budgets.yaml"), &p, Path::new("prices.yaml"), &BudgetConfig::default())
-            .unwrap()
+        Limits::from_values(
+            &b,
+            Path::new("budgets.yaml"),
+            &p,
+            Path::new("prices.yaml"),
+            &BudgetConfig::default(),
+        )
+        .unwrap()
     }
 
     fn res(prompt: u64, max_out: u64) -> Reservation {
@@ -982,28 +1015,39 @@ mod tests {
         let b = Budgets::with_epoch(t0);
         // Requests at t=0.5s, 10.5s, 20.5s; the 4th at 30.2s must wait for the first to expire (t=60s).
         for s in [0.5, 10.5, 20.5] {
-            let t = b.admit(&lim, "a", &res(1, 1), t0 + Duration::from_secs_f64(s)).unwrap();
+            let t = b
+                .admit(&lim, "a", &res(1, 1), t0 + Duration::from_secs_f64(s))
+                .unwrap();
             t.release(t0 + Duration::from_secs_f64(s));
         }
-        let r = b.admit(&lim, "a", &res(1, 1), t0 + Duration::from_secs_f64(30.2)).unwrap_err();
+        let r = b
+            .admit(&lim, "a", &res(1, 1), t0 + Duration::from_secs_f64(30.2))
+            .unwrap_err();
         assert_eq!(r.budget, BudgetKind::RequestsPerMinute);
         assert!(!r.never_fits);
         assert_eq!(r.retry_after, Duration::from_secs_f64(29.8));
         assert_eq!(retry_secs(&r), 30);
         assert_eq!(r.remaining, 0.0);
         // After the first slot expired it fits again.
-        assert!(b.admit(&lim, "a", &res(1, 1), t0 + Duration::from_secs(60)).is_ok());
+        assert!(b
+            .admit(&lim, "a", &res(1, 1), t0 + Duration::from_secs(60))
+            .is_ok());
         // Other apps unaffected (no default).
         assert!(b.admit(&lim, "other", &res(1, 1), t0).is_ok());
     }
 
     #[test]
     fn tokens_reserved_then_reconciled_json_and_sse() {
-        let lim = limits("apps: { a: { tokens_per_minute: { hard: 1000 }, tokens_per_day: { hard: 5000 } } }");
+        let lim = limits(
+            "apps: { a: { tokens_per_minute: { hard: 1000 }, tokens_per_day: { hard: 5000 } } }",
+        );
         let t0 = Instant::now();
         let b = Budgets::with_epoch(t0);
         let t = b.admit(&lim, "a", &res(13, 500), t0).unwrap();
-        assert_eq!(t.remaining().remaining[&BudgetKind::TokensPerMinute], 1000.0 - 513.0);
+        assert_eq!(
+            t.remaining().remaining[&BudgetKind::TokensPerMinute],
+            1000.0 - 513.0
+        );
         // A second request that would fit only once the first is reconciled.
         assert_eq!(
             b.admit(&lim, "a", &res(13, 500), t0).unwrap_err().budget,
@@ -1017,7 +1061,9 @@ mod tests {
         assert_eq!(rem.remaining[&BudgetKind::TokensPerDay], 5000.0 - 20.0);
 
         // Streamed: usage read from the SSE final chunk.
-        let t = b.admit(&lim, "a", &res(21, 400), t0 + Duration::from_secs(2)).unwrap();
+        let t = b
+            .admit(&lim, "a", &res(21, 400), t0 + Duration::from_secs(2))
+            .unwrap();
         let mut sse = SseUsage::new(Dialect::OpenAi, true);
         let mut out = Vec::new();
         for chunk in usage::tests::OPENAI_SSE.as_bytes().chunks(17) {
@@ -1026,20 +1072,29 @@ mod tests {
         sse.finish(&mut out);
         t.reconcile(sse.usage().unwrap(), t0 + Duration::from_secs(3));
         let rem = b.remaining(&lim, "a", t0 + Duration::from_secs(3));
-        assert_eq!(rem.remaining[&BudgetKind::TokensPerMinute], 1000.0 - 20.0 - 23.0);
+        assert_eq!(
+            rem.remaining[&BudgetKind::TokensPerMinute],
+            1000.0 - 20.0 - 23.0
+        );
 
         // Anthropic stream.
-        let t = b.admit(&lim, "a", &res(30, 100), t0 + Duration::from_secs(4)).unwrap();
+        let t = b
+            .admit(&lim, "a", &res(30, 100), t0 + Duration::from_secs(4))
+            .unwrap();
         let mut sse = SseUsage::new(Dialect::Anthropic, false);
         sse.feed(usage::tests::ANTHROPIC_SSE.as_bytes(), &mut out);
         t.reconcile(sse.usage().unwrap(), t0 + Duration::from_secs(5));
         let rem = b.remaining(&lim, "a", t0 + Duration::from_secs(5));
-        assert_eq!(rem.remaining[&BudgetKind::TokensPerDay], 5000.0 - 20.0 - 23.0 - 45.0);
+        assert_eq!(
+            rem.remaining[&BudgetKind::TokensPerDay],
+            5000.0 - 20.0 - 23.0 - 45.0
+        );
     }
 
     #[test]
     fn dropped_ticket_releases_reservation() {
-        let lim = limits("apps: { a: { tokens_per_minute: { hard: 1000 }, concurrent: { hard: 1 } } }");
+        let lim =
+            limits("apps: { a: { tokens_per_minute: { hard: 1000 }, concurrent: { hard: 1 } } }");
         let t0 = Instant::now();
         let b = Budgets::with_epoch(t0);
         let t = b.admit(&lim, "a", &res(100, 800), t0).unwrap();
@@ -1061,7 +1116,8 @@ mod tests {
         let barrier = Arc::new(std::sync::Barrier::new(16));
         let mut handles = Vec::new();
         for _ in 0..16 {
-            let (lim, b, admitted, barrier) = (lim.clone(), b.clone(), admitted.clone(), barrier.clone());
+            let (lim, b, admitted, barrier) =
+                (lim.clone(), b.clone(), admitted.clone(), barrier.clone());
             handles.push(std::thread::spawn(move || {
                 let r = b.admit(&lim, "a", &res(1, 1), Instant::now());
                 barrier.wait(); // every thread has tried while the tickets are held
@@ -1075,7 +1131,10 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(admitted.load(std::sync::atomic::Ordering::SeqCst), 4);
-        assert_eq!(b.remaining(&lim, "a", Instant::now()).remaining[&BudgetKind::Concurrent], 4.0);
+        assert_eq!(
+            b.remaining(&lim, "a", Instant::now()).remaining[&BudgetKind::Concurrent],
+            4.0
+        );
     }
 
     #[test]
@@ -1090,13 +1149,22 @@ mod tests {
         let t1 = b.admit(&lim, "a", &res(10_000, 10_000), t0).unwrap();
         assert!(t1.remaining().soft_exceeded.is_empty());
         let t2 = b.admit(&lim, "a", &res(10_000, 10_000), t0).unwrap();
-        assert_eq!(t2.remaining().soft_exceeded, vec![BudgetKind::CostPerDayUsd]);
+        assert_eq!(
+            t2.remaining().soft_exceeded,
+            vec![BudgetKind::CostPerDayUsd]
+        );
         let r = b.admit(&lim, "a", &res(10_000, 10_000), t0).unwrap_err();
         assert_eq!(r.budget, BudgetKind::CostPerDayUsd);
         // Day slots are 10 min: the first charge expires after 24 h.
         assert_eq!(r.retry_after, Duration::from_secs(86_400));
         // Real usage is much smaller: reconciling frees room.
-        let c = t1.reconcile(Usage { prompt_tokens: 10_000, completion_tokens: 1_000 }, t0);
+        let c = t1.reconcile(
+            Usage {
+                prompt_tokens: 10_000,
+                completion_tokens: 1_000,
+            },
+            t0,
+        );
         assert!((c.cost_usd - 0.035).abs() < 1e-12);
         assert!(b.admit(&lim, "a", &res(10_000, 10_000), t0).is_ok());
         drop(t2);
@@ -1105,7 +1173,9 @@ mod tests {
         assert!(r.never_fits);
         let reply = rejection_reply(ErrorShape::Anthropic, "a", &r);
         assert!(reply.headers.iter().all(|(k, _)| k != "retry-after"));
-        assert!(reply.headers.contains(&("x-should-retry".into(), "false".into())));
+        assert!(reply
+            .headers
+            .contains(&("x-should-retry".into(), "false".into())));
         assert!(String::from_utf8(reply.body).unwrap().contains("never fit"));
     }
 
@@ -1116,17 +1186,33 @@ mod tests {
         let b = Budgets::with_epoch(t0);
         let r = b.admit(&lim, "x", &res(900, 200), t0).unwrap_err();
         assert!(r.never_fits);
-        let _t = b.admit(&lim, "x", &res(500, 100), t0 + Duration::from_millis(200)).unwrap();
-        let r = b.admit(&lim, "x", &res(500, 100), t0 + Duration::from_millis(5200)).unwrap_err();
+        let _t = b
+            .admit(&lim, "x", &res(500, 100), t0 + Duration::from_millis(200))
+            .unwrap();
+        let r = b
+            .admit(&lim, "x", &res(500, 100), t0 + Duration::from_millis(5200))
+            .unwrap_err();
         assert_eq!(r.retry_after, Duration::from_millis(54_800));
         let reply = rejection_reply(ErrorShape::OpenAi, "x", &r);
         assert_eq!(reply.status, 429);
         let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(v["error"]["type"], "rate_limit_exceeded");
-        let h = |n: &str| reply.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let h = |n: &str| {
+            reply
+                .headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(h("retry-after").as_deref(), Some("55"));
-        assert_eq!(h("ratelimit-policy").as_deref(), Some("\"tokens_per_minute\";q=1000;w=60"));
-        assert_eq!(h("ratelimit").as_deref(), Some("\"tokens_per_minute\";r=400;t=55"));
+        assert_eq!(
+            h("ratelimit-policy").as_deref(),
+            Some("\"tokens_per_minute\";q=1000;w=60")
+        );
+        assert_eq!(
+            h("ratelimit").as_deref(),
+            Some("\"tokens_per_minute\";r=400;t=55")
+        );
         let reply = rejection_reply(ErrorShape::Anthropic, "x", &r);
         let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(v["type"], "error");
@@ -1138,13 +1224,18 @@ mod tests {
         let t0 = Instant::now();
         let b = Budgets::with_epoch(t0);
         let loose = limits("apps: { a: { requests_per_minute: { hard: 100 } } }");
-        let held: Vec<Ticket> = (0..5).map(|_| b.admit(&loose, "a", &res(1, 1), t0).unwrap()).collect();
+        let held: Vec<Ticket> = (0..5)
+            .map(|_| b.admit(&loose, "a", &res(1, 1), t0).unwrap())
+            .collect();
         let tight = limits("apps: { a: { requests_per_minute: { hard: 5 } } }");
         assert!(b.admit(&tight, "a", &res(1, 1), t0).is_err());
         // A limit that did not exist before applies to the usage already tracked.
         // (5 held tickets × 2 tokens = 10 in flight.)
         let tokens = limits("apps: { a: { tokens_per_minute: { hard: 11 } } }");
-        assert_eq!(b.admit(&tokens, "a", &res(1, 1), t0).unwrap_err().budget, BudgetKind::TokensPerMinute);
+        assert_eq!(
+            b.admit(&tokens, "a", &res(1, 1), t0).unwrap_err().budget,
+            BudgetKind::TokensPerMinute
+        );
         drop(held);
         assert!(b.admit(&tokens, "a", &res(1, 1), t0).is_ok());
     }
@@ -1154,17 +1245,35 @@ mod tests {
         let b = serde_json::json!({"apps": {"a": {"requests_per_minute": {"hard": -1},
             "tokens_per_minute": {"hard": 10, "soft": 20}, "concurrent": {"hard": 1.5}}}});
         let p = serde_json::json!({"default": {"input": -1.0, "output": 1.0}});
-        let err = Limits::from_values(&b, Path::new("b.yaml"), &p, Path::new("p.yaml"), &BudgetConfig::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("b.yaml: apps.a.requests_per_minute.hard is -1"), "{err}");
-        assert!(err.contains("apps.a.tokens_per_minute.soft (20) is above hard (10)"), "{err}");
+        let err = Limits::from_values(
+            &b,
+            Path::new("b.yaml"),
+            &p,
+            Path::new("p.yaml"),
+            &BudgetConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("b.yaml: apps.a.requests_per_minute.hard is -1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("apps.a.tokens_per_minute.soft (20) is above hard (10)"),
+            "{err}"
+        );
         assert!(err.contains("apps.a.concurrent.hard is 1.5"), "{err}");
         assert!(err.contains("p.yaml: default.input is -1"), "{err}");
         let typo = serde_json::json!({"apps": {"a": {"request_per_minute": {"hard": 1}}}});
-        let err = Limits::from_values(&typo, Path::new("b.yaml"), &p, Path::new("p.yaml"), &BudgetConfig::default())
-            .unwrap_err()
-            .to_string();
+        let err = Limits::from_values(
+            &typo,
+            Path::new("b.yaml"),
+            &p,
+            Path::new("p.yaml"),
+            &BudgetConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field `request_per_minute`"), "{err}");
         assert!(err.contains("p.yaml"), "{err}");
     }
@@ -1175,7 +1284,10 @@ mod tests {
         let cfg = BudgetConfig::default();
         let (bf, pf) = cfg.files(dir);
         let lim = Limits::load(&bf, &pf, &cfg).unwrap();
-        assert!(lim.for_app("support-bot").and_then(|a| a.concurrent).is_some());
+        assert!(lim
+            .for_app("support-bot")
+            .and_then(|a| a.concurrent)
+            .is_some());
         assert!(lim.for_app("unknown").is_some()); // default entry
         assert!(cfg.validate().is_empty());
         let bad = BudgetConfig {

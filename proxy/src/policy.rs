@@ -44,7 +44,9 @@ pub enum PolicyError {
         source: std::io::Error,
     },
     /// The directory holds no Rego module.
-    #[error("policy: no .rego module in {0} (hint: policy.dir must point at the policy directory)")]
+    #[error(
+        "policy: no .rego module in {0} (hint: policy.dir must point at the policy directory)"
+    )]
     NoModules(PathBuf),
     /// A Rego module does not parse.
     #[error("policy: {path}: {message}")]
@@ -341,10 +343,12 @@ impl PolicyBundle {
         let data = Value::from(serde_json::Value::Object(
             data_json.clone().into_iter().collect(),
         ));
-        engine.add_data(data.clone()).map_err(|e| PolicyError::Data {
-            path: dir.join("data"),
-            message: e.to_string(),
-        })?;
+        engine
+            .add_data(data.clone())
+            .map_err(|e| PolicyError::Data {
+                path: dir.join("data"),
+                message: e.to_string(),
+            })?;
         let compile_err = |e: &dyn std::fmt::Display| PolicyError::Compile {
             entrypoint: cfg.entrypoint.clone(),
             message: e.to_string(),
@@ -368,7 +372,9 @@ impl PolicyBundle {
             revision: PolicyRevision(hex::encode(hasher.finalize())),
         };
         // Warm-up: a policy that cannot answer an empty request is rejected now.
-        bundle.new_vm().and_then(|mut vm| bundle.eval_on(&mut vm, &PolicyInput::default()))?;
+        bundle
+            .new_vm()
+            .and_then(|mut vm| bundle.eval_on(&mut vm, &PolicyInput::default()))?;
         if cfg.run_tests_on_reload {
             let report = run_tests(dir)?;
             if report.failed() > 0 {
@@ -410,7 +416,8 @@ impl PolicyBundle {
     pub fn new_vm(&self) -> Result<RegoVM, PolicyError> {
         let mut vm = RegoVM::new_with_policy(self.compiled.clone());
         vm.load_program(self.program.clone());
-        vm.set_data(self.data.clone()).map_err(|e| self.eval_err(&e))?;
+        vm.set_data(self.data.clone())
+            .map_err(|e| self.eval_err(&e))?;
         Ok(vm)
     }
 
@@ -433,7 +440,11 @@ impl PolicyBundle {
     }
 
     /// Decide one request on a VM the caller owns (from [`Self::new_vm`]).
-    pub fn eval_on(&self, vm: &mut RegoVM, input: &PolicyInput) -> Result<PolicyDecision, PolicyError> {
+    pub fn eval_on(
+        &self,
+        vm: &mut RegoVM,
+        input: &PolicyInput,
+    ) -> Result<PolicyDecision, PolicyError> {
         let doc = serde_json::to_value(input).map_err(|e| self.eval_err(&e))?;
         vm.set_input(Value::from(doc));
         let out = vm
@@ -472,7 +483,10 @@ impl PolicyBundle {
             if let Some(Value::Object(r)) = ov.get(&Value::from("redaction")) {
                 for (k, v) in r.iter() {
                     if let (Ok(k), Ok(v)) = (k.as_string(), v.as_string()) {
-                        decision.overrides.redaction.insert(k.to_string(), v.to_string());
+                        decision
+                            .overrides
+                            .redaction
+                            .insert(k.to_string(), v.to_string());
                     }
                 }
             }
@@ -516,7 +530,10 @@ fn read(path: &Path) -> Result<String, PolicyError> {
 }
 
 fn hash_file(hasher: &mut Sha256, path: &Path, bytes: &[u8]) {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     hasher.update((name.len() as u64).to_le_bytes());
     hasher.update(name.as_bytes());
     hasher.update((bytes.len() as u64).to_le_bytes());
@@ -549,7 +566,10 @@ fn list_modules(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyError>
     let mut modules = Vec::new();
     let mut tests = Vec::new();
     for path in list_dir(dir)? {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.ends_with("_test.rego") {
             tests.push(path);
         } else if name.ends_with(".rego") {
@@ -559,7 +579,10 @@ fn list_modules(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyError>
     Ok((modules, tests))
 }
 
-type DataFiles = (BTreeMap<String, serde_json::Value>, BTreeMap<String, PathBuf>);
+type DataFiles = (
+    BTreeMap<String, serde_json::Value>,
+    BTreeMap<String, PathBuf>,
+);
 
 /// `data/*.yaml|yml|json` → `data.<stem>`. A missing `data/` is an empty data document.
 fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> {
@@ -569,7 +592,9 @@ fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> 
         return Ok((values, files));
     }
     for path in list_dir(dir)? {
-        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
         let is_yaml = matches!(ext.as_deref(), Some("yaml" | "yml"));
         if !is_yaml && ext.as_deref() != Some("json") {
             continue;
@@ -593,7 +618,9 @@ fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> 
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         if let Some(prev) = files.get(&stem) {
-            return Err(data_err(format!("data key {stem:?} is also defined by {prev:?}")));
+            return Err(data_err(format!(
+                "data key {stem:?} is also defined by {prev:?}"
+            )));
         }
         values.insert(stem.clone(), value);
         files.insert(stem, path);
@@ -647,7 +674,9 @@ fn validate_apps_data(
     let mut errors = Vec::new();
     for t in &parsed.defaults.blocked_findings {
         if t.is_empty() {
-            errors.push(format!("{file}: defaults.blocked_findings has an empty type"));
+            errors.push(format!(
+                "{file}: defaults.blocked_findings has an empty type"
+            ));
         }
     }
     for (app, entry) in &parsed.apps {
@@ -669,7 +698,9 @@ fn validate_apps_data(
             errors.push(format!("{file}: apps.{app}.models has an empty model name"));
         }
         if entry.blocked_findings.iter().any(String::is_empty) {
-            errors.push(format!("{file}: apps.{app}.blocked_findings has an empty type"));
+            errors.push(format!(
+                "{file}: apps.{app}.blocked_findings has an empty type"
+            ));
         }
     }
     errors
@@ -752,7 +783,9 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
     let mut scratch = Sha256::new();
     let (data, _) = load_data(&dir.join("data"), &mut scratch)?;
     engine
-        .add_data(Value::from(serde_json::Value::Object(data.into_iter().collect())))
+        .add_data(Value::from(serde_json::Value::Object(
+            data.into_iter().collect(),
+        )))
         .map_err(|e| PolicyError::Data {
             path: dir.join("data"),
             message: e.to_string(),
@@ -806,6 +839,7 @@ fn test_rules(text: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
 
@@ -859,7 +893,10 @@ mod tests {
         let d = b.decide(&input("summarizer", "gpt-4o")).unwrap();
         assert!(!d.allow);
         assert!(d.reasons.contains("model_not_allowed:gpt-4o"), "{d:?}");
-        assert_eq!(d.overrides.redaction.get("email").map(String::as_str), Some("mask"));
+        assert_eq!(
+            d.overrides.redaction.get("email").map(String::as_str),
+            Some("mask")
+        );
     }
 
     #[test]
@@ -897,7 +934,9 @@ mod tests {
         let mut h = Sha256::new();
         let (data, _) = load_data(&cfg.dir.join("data"), &mut h).unwrap();
         engine
-            .add_data(Value::from(serde_json::Value::Object(data.into_iter().collect())))
+            .add_data(Value::from(serde_json::Value::Object(
+                data.into_iter().collect(),
+            )))
             .unwrap();
         for (app, model) in [
             ("support-bot", "gpt-4o"),
@@ -909,7 +948,11 @@ mod tests {
             let i = input(app, model);
             engine.set_input(Value::from(serde_json::to_value(&i).unwrap()));
             let out = engine.eval_rule(DEFAULT_ENTRYPOINT.to_string()).unwrap();
-            assert_eq!(b.parse_decision(&out).unwrap(), b.decide(&i).unwrap(), "{app} {model}");
+            assert_eq!(
+                b.parse_decision(&out).unwrap(),
+                b.decide(&i).unwrap(),
+                "{app} {model}"
+            );
         }
     }
 
@@ -960,13 +1003,20 @@ mod tests {
             run_tests_on_reload: true,
             ..PolicyConfig::default()
         };
-        assert!(matches!(PolicyBundle::load(&cfg), Err(PolicyError::TestsFailed { failed: 1, .. })));
+        assert!(matches!(
+            PolicyBundle::load(&cfg),
+            Err(PolicyError::TestsFailed { failed: 1, .. })
+        ));
     }
 
     #[test]
     fn broken_rego_and_bad_data_rejected() {
         let tmp = temp_policy("package broken_test\n");
-        std::fs::write(tmp.path().join("extra.rego"), "package airlock\n\nallow if {\n").unwrap();
+        std::fs::write(
+            tmp.path().join("extra.rego"),
+            "package airlock\n\nallow if {\n",
+        )
+        .unwrap();
         let cfg = PolicyConfig {
             dir: tmp.path().to_path_buf(),
             ..PolicyConfig::default()

@@ -144,7 +144,11 @@ impl Reloader {
     /// Start watching. `build` runs on the reloader's thread for every
     /// settled change or trigger; `report` gets its result. Neither runs on
     /// a request path. The initial state is the caller's to build before.
-    pub fn spawn<T, E, B, R>(spec: WatchSpec, mut build: B, mut report: R) -> Result<Self, ReloadError>
+    pub fn spawn<T, E, B, R>(
+        spec: WatchSpec,
+        mut build: B,
+        mut report: R,
+    ) -> Result<Self, ReloadError>
     where
         T: Send + 'static,
         E: Send + 'static,
@@ -154,10 +158,14 @@ impl Reloader {
         let (tx, rx) = mpsc::channel::<Msg>();
         let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let dirs: Vec<PathBuf> = spec.dirs.iter().map(|d| canon(d)).collect();
-        let config: Option<(PathBuf, std::ffi::OsString)> = spec.config_file.as_ref().and_then(|f| {
-            let parent = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            Some((canon(parent), f.file_name()?.to_os_string()))
-        });
+        let config: Option<(PathBuf, std::ffi::OsString)> =
+            spec.config_file.as_ref().and_then(|f| {
+                let parent = f
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Some((canon(parent), f.file_name()?.to_os_string()))
+            });
 
         let events_tx = tx.clone();
         let (f_dirs, f_config) = (dirs.clone(), config.clone());
@@ -327,6 +335,7 @@ impl PolicyState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
@@ -371,7 +380,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().canonicalize().unwrap();
         std::fs::write(dir.join("n.txt"), "1").unwrap();
-        let state = Arc::new(Mutex::new(Swapped { current: 1, ..Default::default() }));
+        let state = Arc::new(Mutex::new(Swapped {
+            current: 1,
+            ..Default::default()
+        }));
         let spec = WatchSpec {
             config_file: None,
             dirs: vec![dir.clone()],
@@ -392,7 +404,9 @@ mod tests {
         wait_until("file reload", || state.lock().unwrap().current == 3);
         let before = state.lock().unwrap().reports.len();
         assert!(r.trigger().trigger(Trigger::Signal));
-        wait_until("signal reload", || state.lock().unwrap().reports.len() > before);
+        wait_until("signal reload", || {
+            state.lock().unwrap().reports.len() > before
+        });
         assert_eq!(state.lock().unwrap().reports.last(), Some(&Trigger::Signal));
         drop(r);
     }
@@ -416,7 +430,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         kube_flip(&root, "2026_01_01_v1", "10");
-        let state = Arc::new(Mutex::new(Swapped { current: 10, ..Default::default() }));
+        let state = Arc::new(Mutex::new(Swapped {
+            current: 10,
+            ..Default::default()
+        }));
         // Watch as a config file (parent dir, non-recursive): the flip only renames `..data`.
         let spec = WatchSpec {
             config_file: Some(root.join("n.txt")),
@@ -457,11 +474,18 @@ mod tests {
         let a = PolicyState::build(&pc, &bc, b"config v1").unwrap();
         assert!(a.limits.for_app("support-bot").is_some());
         let b = PolicyState::build(&pc, &bc, b"config v2").unwrap();
-        assert_ne!(a.revision, b.revision, "config bytes are part of the revision");
+        assert_ne!(
+            a.revision, b.revision,
+            "config bytes are part of the revision"
+        );
 
         // A new budget is picked up.
         let budgets = tmp.path().join("data/budgets.yaml");
-        std::fs::write(&budgets, "apps: { support-bot: { requests_per_minute: { hard: 1 } } }\n").unwrap();
+        std::fs::write(
+            &budgets,
+            "apps: { support-bot: { requests_per_minute: { hard: 1 } } }\n",
+        )
+        .unwrap();
         let c = PolicyState::build(&pc, &bc, b"config v2").unwrap();
         assert_ne!(b.revision, c.revision);
 
@@ -473,7 +497,11 @@ mod tests {
         let e = PolicyState::build(&pc, &bc, b"").unwrap_err().to_string();
         assert!(e.contains("tokens_per_hour"), "{e}");
         std::fs::write(&budgets, "apps: {}\n").unwrap();
-        std::fs::write(tmp.path().join("airlock.rego"), "package airlock\n\ndecision := {\n").unwrap();
+        std::fs::write(
+            tmp.path().join("airlock.rego"),
+            "package airlock\n\ndecision := {\n",
+        )
+        .unwrap();
         let e = PolicyState::build(&pc, &bc, b"").unwrap_err().to_string();
         assert!(e.contains("airlock.rego"), "{e}");
     }

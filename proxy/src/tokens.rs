@@ -74,7 +74,9 @@ impl Counter {
             Some(Tokenizer::P50kBase | Tokenizer::P50kEdit) => {
                 Self::Bpe(tiktoken_rs::p50k_base_singleton())
             }
-            Some(Tokenizer::R50kBase | Tokenizer::Gpt2) => Self::Bpe(tiktoken_rs::r50k_base_singleton()),
+            Some(Tokenizer::R50kBase | Tokenizer::Gpt2) => {
+                Self::Bpe(tiktoken_rs::r50k_base_singleton())
+            }
             // Newer OpenAI families the crate does not list yet use o200k.
             _ if is_newer_openai(m) => Self::Bpe(tiktoken_rs::o200k_base_singleton()),
             _ => Self::Estimate,
@@ -150,7 +152,14 @@ pub fn count_request(body: &Value) -> PromptCount {
         }
         tokens += REPLY_PRIMING;
     }
-    for key in ["system", "input", "prompt", "tools", "functions", "instructions"] {
+    for key in [
+        "system",
+        "input",
+        "prompt",
+        "tools",
+        "functions",
+        "instructions",
+    ] {
         if let Some(v) = body.get(key) {
             known = true;
             tokens += strings(&c, v);
@@ -195,6 +204,7 @@ fn strings(c: &Counter, v: &Value) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -203,7 +213,13 @@ mod tests {
     fn tiktoken_counts_known_strings() {
         // Known cl100k / o200k counts for a fixed sentence.
         let s = "hello world";
-        assert_eq!(count_text("gpt-4", s), PromptCount { tokens: 2, source: CountSource::Tokenizer });
+        assert_eq!(
+            count_text("gpt-4", s),
+            PromptCount {
+                tokens: 2,
+                source: CountSource::Tokenizer
+            }
+        );
         assert_eq!(count_text("gpt-4o-mini", s).tokens, 2);
         assert_eq!(count_text("gpt-5-nano", s).source, CountSource::Tokenizer);
         assert_eq!(count_text("o4-mini", s).source, CountSource::Tokenizer);
@@ -214,7 +230,13 @@ mod tests {
     #[test]
     fn estimate_for_other_models() {
         let c = count_text("claude-sonnet-4-5", "abcdefg");
-        assert_eq!(c, PromptCount { tokens: 3, source: CountSource::Estimate });
+        assert_eq!(
+            c,
+            PromptCount {
+                tokens: 3,
+                source: CountSource::Estimate
+            }
+        );
         assert_eq!(source_for("llama-3-70b"), CountSource::Estimate);
         // The estimate errs high against a real tokenizer on English text.
         let text = "The quick brown fox jumps over the lazy dog. ".repeat(50);
@@ -240,6 +262,9 @@ mod tests {
         // "be brief" 8 B → 3, "user" 4 B → 2, "hi" → 1; the image is not text.
         assert_eq!(c.tokens, 3 + 2 + 1 + PER_MESSAGE + REPLY_PRIMING);
         assert_eq!(max_output_tokens(&anth), None);
-        assert_eq!(count_request(&json!({"foo": ["abc", {"x": "abcd"}]})).tokens, 1 + 2);
+        assert_eq!(
+            count_request(&json!({"foo": ["abc", {"x": "abcd"}]})).tokens,
+            1 + 2
+        );
     }
 }

@@ -281,7 +281,10 @@ impl SseUsage {
             }
             return true;
         }
-        let Some(found) = v.get("usage").and_then(|x| usage_object(Dialect::OpenAi, x)) else {
+        let Some(found) = v
+            .get("usage")
+            .and_then(|x| usage_object(Dialect::OpenAi, x))
+        else {
             return true; // "usage": null on ordinary chunks
         };
         self.usage = Some(found);
@@ -349,6 +352,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 pub(crate) mod tests {
     use super::*;
 
@@ -377,8 +381,17 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
     #[test]
     fn openai_json_usage() {
         let u = from_json(Dialect::OpenAi, OPENAI_JSON.as_bytes()).unwrap();
-        assert_eq!(u, Usage { prompt_tokens: 13, completion_tokens: 7 });
-        assert_eq!(from_json(Dialect::OpenAi, br#"{"error":{"message":"x"}}"#), None);
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 13,
+                completion_tokens: 7
+            }
+        );
+        assert_eq!(
+            from_json(Dialect::OpenAi, br#"{"error":{"message":"x"}}"#),
+            None
+        );
         assert_eq!(from_json(Dialect::OpenAi, b"not json"), None);
     }
 
@@ -387,7 +400,10 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
         let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":2,"output_tokens":4}}"#;
         assert_eq!(
             from_json(Dialect::Anthropic, body),
-            Some(Usage { prompt_tokens: 12, completion_tokens: 4 })
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 4
+            })
         );
     }
 
@@ -396,13 +412,28 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
         for chunk in [1, 2, 7, 50, 4096] {
             let (out, r) = run(Dialect::OpenAi, false, OPENAI_SSE, chunk);
             assert_eq!(out, OPENAI_SSE, "chunk {chunk}");
-            assert_eq!(r.usage(), Some(Usage { prompt_tokens: 21, completion_tokens: 2 }));
+            assert_eq!(
+                r.usage(),
+                Some(Usage {
+                    prompt_tokens: 21,
+                    completion_tokens: 2
+                })
+            );
             assert!(!r.stripped());
 
             let (out, r) = run(Dialect::OpenAi, true, OPENAI_SSE, chunk);
             assert!(!out.contains("prompt_tokens"), "chunk {chunk}: {out}");
-            assert!(out.contains("\"lo\"") && out.ends_with("data: [DONE]\n\n"), "{out}");
-            assert_eq!(r.usage(), Some(Usage { prompt_tokens: 21, completion_tokens: 2 }));
+            assert!(
+                out.contains("\"lo\"") && out.ends_with("data: [DONE]\n\n"),
+                "{out}"
+            );
+            assert_eq!(
+                r.usage(),
+                Some(Usage {
+                    prompt_tokens: 21,
+                    completion_tokens: 2
+                })
+            );
             assert!(r.stripped());
         }
     }
@@ -412,7 +443,13 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
         for chunk in [1, 3, 64, 4096] {
             let (out, r) = run(Dialect::Anthropic, true, ANTHROPIC_SSE, chunk);
             assert_eq!(out, ANTHROPIC_SSE);
-            assert_eq!(r.usage(), Some(Usage { prompt_tokens: 30, completion_tokens: 15 }));
+            assert_eq!(
+                r.usage(),
+                Some(Usage {
+                    prompt_tokens: 30,
+                    completion_tokens: 15
+                })
+            );
         }
     }
 
@@ -420,12 +457,23 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
     fn responses_api_completed_event() {
         let s = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":3}}}\n\n";
         let (_, r) = run(Dialect::OpenAi, false, s, 5);
-        assert_eq!(r.usage(), Some(Usage { prompt_tokens: 9, completion_tokens: 3 }));
+        assert_eq!(
+            r.usage(),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 3
+            })
+        );
     }
 
     #[test]
     fn unterminated_last_event_and_garbage() {
-        let (out, r) = run(Dialect::OpenAi, true, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}", 4);
+        let (out, r) = run(
+            Dialect::OpenAi,
+            true,
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}",
+            4,
+        );
         assert_eq!(out, "");
         assert_eq!(r.usage().map(|u| u.total()), Some(2));
         let (out, r) = run(Dialect::OpenAi, true, "data: {usage\n\n\u{0}\u{1}", 3);
@@ -448,7 +496,10 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
         let mut v = serde_json::json!({"stream":true,"stream_options":{"include_usage":false}});
         assert_eq!(ensure_include_usage(&mut v).unwrap(), IncludeUsage::Added);
         let mut v = serde_json::json!({"model":"x"});
-        assert_eq!(ensure_include_usage(&mut v).unwrap(), IncludeUsage::NotStreaming);
+        assert_eq!(
+            ensure_include_usage(&mut v).unwrap(),
+            IncludeUsage::NotStreaming
+        );
         assert!(ensure_include_usage_bytes(b"[1]").is_err());
     }
 }
