@@ -186,6 +186,154 @@ pub struct PolicyInput {
     pub budget: InputBudget,
 }
 
+/// Object keys of the input document, allocated once per thread: building
+/// the input then costs a reference-count bump per key instead of an
+/// allocation (a third of the input's cost).
+struct InputKeys {
+    app: Value,
+    id: Value,
+    cgroup_id: Value,
+    pid: Value,
+    destination: Value,
+    origin: Value,
+    gateway: Value,
+    provider: Value,
+    request: Value,
+    method: Value,
+    path: Value,
+    model: Value,
+    stream: Value,
+    tokens: Value,
+    prompt: Value,
+    source: Value,
+    max_output: Value,
+    findings: Value,
+    kind: Value,
+    action: Value,
+    count: Value,
+    budget: Value,
+    remaining: Value,
+    soft_exceeded: Value,
+}
+
+impl InputKeys {
+    fn new() -> Self {
+        let k = Value::from;
+        Self {
+            app: k("app"),
+            id: k("id"),
+            cgroup_id: k("cgroup_id"),
+            pid: k("pid"),
+            destination: k("destination"),
+            origin: k("origin"),
+            gateway: k("gateway"),
+            provider: k("provider"),
+            request: k("request"),
+            method: k("method"),
+            path: k("path"),
+            model: k("model"),
+            stream: k("stream"),
+            tokens: k("tokens"),
+            prompt: k("prompt"),
+            source: k("source"),
+            max_output: k("max_output"),
+            findings: k("findings"),
+            kind: k("type"),
+            action: k("action"),
+            count: k("count"),
+            budget: k("budget"),
+            remaining: k("remaining"),
+            soft_exceeded: k("soft_exceeded"),
+        }
+    }
+}
+
+thread_local! {
+    static INPUT_KEYS: InputKeys = InputKeys::new();
+}
+
+fn obj<const N: usize>(pairs: [(&Value, Value); N]) -> Value {
+    Value::from(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect::<BTreeMap<Value, Value>>(),
+    )
+}
+
+impl PolicyInput {
+    /// The input as a Rego value, built directly (about 3× cheaper than a
+    /// round trip through `serde_json::Value`). Same shape as its serde form.
+    pub fn to_value(&self) -> Value {
+        INPUT_KEYS.with(|k| self.to_value_with(k))
+    }
+
+    fn to_value_with(&self, k: &InputKeys) -> Value {
+        let s = |x: &str| Value::from(x);
+        let findings: Vec<Value> = self
+            .findings
+            .iter()
+            .map(|f| {
+                obj([
+                    (&k.kind, s(&f.kind)),
+                    (&k.action, s(&f.action)),
+                    (&k.count, Value::from(f.count)),
+                ])
+            })
+            .collect();
+        let remaining: BTreeMap<Value, Value> = self
+            .budget
+            .remaining
+            .iter()
+            .map(|(name, v)| (s(name), Value::from(*v)))
+            .collect();
+        let soft: Vec<Value> = self.budget.soft_exceeded.iter().map(|b| s(b)).collect();
+        obj([
+            (
+                &k.app,
+                obj([
+                    (&k.id, s(&self.app.id)),
+                    (&k.cgroup_id, Value::from(self.app.cgroup_id)),
+                    (&k.pid, self.app.pid.map_or(Value::Null, Value::from)),
+                ]),
+            ),
+            (
+                &k.destination,
+                obj([
+                    (&k.origin, s(&self.destination.origin)),
+                    (&k.gateway, s(&self.destination.gateway)),
+                    (&k.provider, s(&self.destination.provider)),
+                ]),
+            ),
+            (
+                &k.request,
+                obj([
+                    (&k.method, s(&self.request.method)),
+                    (&k.path, s(&self.request.path)),
+                    (&k.model, s(&self.request.model)),
+                    (&k.stream, Value::from(self.request.stream)),
+                ]),
+            ),
+            (
+                &k.tokens,
+                obj([
+                    (&k.prompt, Value::from(self.tokens.prompt)),
+                    (&k.source, s(&self.tokens.source)),
+                    (&k.max_output, Value::from(self.tokens.max_output)),
+                ]),
+            ),
+            (&k.findings, Value::from(findings)),
+            (
+                &k.budget,
+                obj([
+                    (&k.remaining, Value::from(remaining)),
+                    (&k.soft_exceeded, Value::from(soft)),
+                ]),
+            ),
+        ])
+    }
+}
+
 /// The calling app.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct InputApp {
@@ -445,8 +593,7 @@ impl PolicyBundle {
         vm: &mut RegoVM,
         input: &PolicyInput,
     ) -> Result<PolicyDecision, PolicyError> {
-        let doc = serde_json::to_value(input).map_err(|e| self.eval_err(&e))?;
-        vm.set_input(Value::from(doc));
+        vm.set_input(input.to_value());
         let out = vm
             .execute_entry_point_by_name(&self.entrypoint)
             .map_err(|e| self.eval_err(&e))?;
@@ -865,6 +1012,22 @@ mod tests {
             },
             ..PolicyInput::default()
         }
+    }
+
+    #[test]
+    fn direct_value_matches_serde_form() {
+        let mut i = input("a", "m");
+        i.findings.push(InputFinding {
+            kind: "email".into(),
+            action: "mask".into(),
+            count: 2,
+        });
+        i.budget.remaining.insert("tokens_per_minute".into(), 12.5);
+        i.budget.soft_exceeded.push("concurrent".into());
+        let via_serde = Value::from(serde_json::to_value(&i).unwrap());
+        assert_eq!(i.to_value(), via_serde);
+        i.app.pid = None;
+        assert_eq!(i.to_value(), Value::from(serde_json::to_value(&i).unwrap()));
     }
 
     #[test]
