@@ -958,6 +958,26 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
     Ok(report)
 }
 
+/// `airlock policy test DIR`: run the tests, print the report to stdout
+/// (errors to stderr) and return the process exit code: 0 all passed,
+/// 1 a test failed, 2 the directory did not load.
+pub fn test_command(dir: &Path) -> i32 {
+    match run_tests(dir) {
+        Ok(report) => {
+            print!("{}", report.render());
+            if report.failed() > 0 {
+                1
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}
+
 /// `data.<pkg>.test_*` rule paths of one module, found from its text: the
 /// `package` line and rule heads starting a line with `test_`.
 fn test_rules(text: &str) -> Vec<String> {
