@@ -777,8 +777,11 @@ impl Budgets {
 }
 
 /// An admitted request's reservation. Call [`Ticket::reconcile`] when the
-/// response ends; dropping it instead releases the tokens, cost and
-/// concurrency slot it held (the request itself stays counted).
+/// response ends — with the gateway's usage, or for a stream cut short with
+/// `SseUsage::partial_usage`, so an app cannot dodge the charge by hanging up
+/// before the last chunk. Dropping it instead (the request failed before the
+/// gateway saw it) releases the tokens, cost and concurrency slot it held;
+/// the request itself stays counted.
 #[derive(Debug)]
 pub struct Ticket {
     ledger: Arc<Mutex<AppLedger>>,

@@ -165,6 +165,7 @@ pub struct SseUsage {
     overflow: bool,
     usage: Option<Usage>,
     stripped: bool,
+    events: u64,
 }
 
 impl SseUsage {
@@ -179,12 +180,31 @@ impl SseUsage {
             overflow: false,
             usage: None,
             stripped: false,
+            events: 0,
         }
     }
 
     /// Usage seen so far (final once the stream ended).
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// Usage to charge for a stream that ended early (the app hung up, the
+    /// gateway broke off): the gateway's own numbers where it sent any
+    /// (Anthropic reports input tokens up front), else `prompt_tokens` and
+    /// one completion token per event seen — gateways stream about one
+    /// token per event, so this is the right order of magnitude and never 0
+    /// for a stream that produced text.
+    pub fn partial_usage(&self, prompt_tokens: u64) -> Usage {
+        let seen = self.usage.unwrap_or_default();
+        Usage {
+            prompt_tokens: if seen.prompt_tokens > 0 {
+                seen.prompt_tokens
+            } else {
+                prompt_tokens
+            },
+            completion_tokens: seen.completion_tokens.max(self.events),
+        }
     }
 
     /// Whether the usage chunk was removed from what the app saw.
@@ -241,6 +261,7 @@ impl SseUsage {
 
     /// Read one event `pending[start..end]`; false = drop it from the output.
     fn inspect(&mut self, start: usize, end: usize) -> bool {
+        self.events += 1;
         if self.overflow {
             // The tail of an event we gave up on: forward, don't parse.
             self.overflow = false;
@@ -451,6 +472,31 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
                 })
             );
         }
+    }
+
+    #[test]
+    fn partial_usage_of_a_cut_stream() {
+        let cut = &OPENAI_SSE[..OPENAI_SSE
+            .find("data: {\"id\":\"c1\",\"choices\":[]")
+            .unwrap()];
+        let (_, r) = run(Dialect::OpenAi, true, cut, 9);
+        assert_eq!(r.usage(), None);
+        assert_eq!(
+            r.partial_usage(21),
+            Usage {
+                prompt_tokens: 21,
+                completion_tokens: 2
+            }
+        );
+        let cut = &ANTHROPIC_SSE[..ANTHROPIC_SSE.find("event: message_delta").unwrap()];
+        let (_, r) = run(Dialect::Anthropic, false, cut, 9);
+        assert_eq!(
+            r.partial_usage(99),
+            Usage {
+                prompt_tokens: 30,
+                completion_tokens: 2
+            }
+        );
     }
 
     #[test]
