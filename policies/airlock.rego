@@ -42,11 +42,13 @@ default monitor := false
 
 monitor if app.mode == "monitor"
 
+would_allow := count(deny) == 0
+
 default allow := false
 
-allow if count(deny) == 0
+allow := would_allow if not monitor
 
-allow if monitor
+allow := true if monitor
 
 # Overrides the proxy honours. Empty means "no override".
 # (Complete rules with defaults: the bytecode VM does not compile partial
@@ -66,7 +68,7 @@ decision := {
 	"allow": allow,
 	"reasons": deny,
 	"monitor": monitor,
-	"would_allow": count(deny) == 0,
+	"would_allow": would_allow,
 	"overrides": {"redaction": redaction_override, "models_allowed": models_allowed},
 	"warnings": warnings,
 }
