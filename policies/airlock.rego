@@ -1,74 +1,74 @@
 # Airlock's default policy: one decision per request.
 #
 # Input: the document described in docs/policy-input.md.
-# Data:  data.apps (apps.yaml), data.budgets (budgets.yaml), data.prices (prices.yaml).
+# Data:  data.apps (data/apps.yaml); data.budgets and data.prices are there
+#        too, but budgets are enforced before the policy runs.
 # Entry point: data.airlock.decision.
+#
+# Written for the bytecode VM's cost model (one decision must stay under
+# 10 µs): every reference to another rule is a call, so the app's entry is
+# looked up in data directly rather than through a helper rule, and the
+# decision is assembled in one rule body.
 package airlock
 
-# The app's policy entry; undefined for an app not listed in data.apps.
-app := data.apps.apps[input.app.id]
+# Reasons to deny. Each is a stable string that goes to the decision record.
 
-known_app if app
+# An app the platform does not know gets nothing.
+deny contains "unknown_app" if not data.apps.apps[input.app.id]
 
-# A finding blocks when its type is blocked for every app or for this app,
-# or when the redaction rule itself said "block". (A function, not a set of
-# blocked types: building that set on every request cost more than the rest.)
-blocked(f) if f.type in data.apps.defaults.blocked_findings
-
-blocked(f) if f.type in app.blocked_findings
-
-blocked(f) if f.action == "block"
-
-# Reasons to deny. Each reason is a stable string the decision record carries.
-deny contains "unknown_app" if not known_app
-
+# A known app may only use the models on its list (no list: any model).
 deny contains sprintf("model_not_allowed:%s", [input.request.model]) if {
-	known_app
-	count(app.models) > 0
-	not input.request.model in app.models
+	models := data.apps.apps[input.app.id].models
+	count(models) > 0
+	not input.request.model in models
 }
 
+# Finding types blocked for every app...
 deny contains sprintf("finding_blocked:%s", [f.type]) if {
 	some f in input.findings
 	f.count > 0
-	blocked(f)
+	f.type in data.apps.defaults.blocked_findings
+}
+
+# ...for this app...
+deny contains sprintf("finding_blocked:%s", [f.type]) if {
+	some f in input.findings
+	f.count > 0
+	f.type in data.apps.apps[input.app.id].blocked_findings
+}
+
+# ...or blocked by the redaction rule itself.
+deny contains sprintf("finding_blocked:%s", [f.type]) if {
+	some f in input.findings
+	f.count > 0
+	f.action == "block"
 }
 
 deny contains "method_not_allowed" if not input.request.method in {"POST", "GET"}
 
-# Monitor mode: the app is known and its entry says so. It records the
-# would-be decision but lets the request through.
-default monitor := false
-
-monitor if app.mode == "monitor"
-
-would_allow := count(deny) == 0
-
-default allow := false
-
-allow := would_allow if not monitor
-
-allow := true if monitor
-
-# Overrides the proxy honours. Empty means "no override".
-# (Complete rules with defaults: the bytecode VM does not compile partial
-# object rules with constant keys.)
-default redaction_override := {}
-
-redaction_override := app.redaction if app.redaction
-
-default models_allowed := []
-
-models_allowed := app.models if app.models
-
-# Soft-limit flags pass through as warnings; they never deny.
+# Notes that never deny: soft budget limits crossed by this request.
 warnings contains sprintf("budget_soft_limit:%s", [b]) if some b in input.budget.soft_exceeded
 
+# The answer. In monitor mode (apps.<id>.mode: monitor) the request passes
+# and `reasons` is the decision the policy would have made.
 decision := {
 	"allow": allow,
-	"reasons": deny,
+	"reasons": reasons,
 	"monitor": monitor,
 	"would_allow": would_allow,
-	"overrides": {"redaction": redaction_override, "models_allowed": models_allowed},
+	"overrides": {
+		# Redaction action per finding type for this app ({} = the rules' own).
+		"redaction": object.get(app, "redaction", {}),
+		# Models this app may use ([] = no list).
+		"models_allowed": object.get(app, "models", []),
+	},
 	"warnings": warnings,
+} if {
+	app := object.get(data.apps.apps, input.app.id, {})
+	reasons := deny
+	monitor := object.get(app, "mode", "enforce") == "monitor"
+	would_allow := count(reasons) == 0
+
+	# allow = monitor or would_allow, without a helper rule.
+	allow := {true: true, false: would_allow}[monitor]
 }
