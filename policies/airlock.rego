@@ -44,7 +44,12 @@ deny contains sprintf("finding_blocked:%s", [f.type]) if {
 	f.action == "block"
 }
 
-deny contains "method_not_allowed" if not input.request.method in {"POST", "GET"}
+# Inference APIs are POST (and GET for model lists). Two comparisons, not a
+# set literal: a literal set is built on every evaluation.
+deny contains "method_not_allowed" if {
+	input.request.method != "POST"
+	input.request.method != "GET"
+}
 
 # Notes that never deny: soft budget limits crossed by this request.
 warnings contains sprintf("budget_soft_limit:%s", [b]) if some b in input.budget.soft_exceeded
