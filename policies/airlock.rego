@@ -23,21 +23,20 @@ deny contains sprintf("model_not_allowed:%s", [input.request.model]) if {
 	not input.request.model in models
 }
 
-# Finding types blocked for every app...
+# Finding types blocked for every app plus those blocked for this app.
+# (object.get: a missing list must not make the whole rule undefined.)
+blocked_types := array.concat(
+	object.get(object.get(data.apps, "defaults", {}), "blocked_findings", []),
+	object.get(object.get(data.apps.apps, input.app.id, {}), "blocked_findings", []),
+)
+
 deny contains sprintf("finding_blocked:%s", [f.type]) if {
 	some f in input.findings
 	f.count > 0
-	f.type in data.apps.defaults.blocked_findings
+	f.type in blocked_types
 }
 
-# ...for this app...
-deny contains sprintf("finding_blocked:%s", [f.type]) if {
-	some f in input.findings
-	f.count > 0
-	f.type in data.apps.apps[input.app.id].blocked_findings
-}
-
-# ...or blocked by the redaction rule itself.
+# A finding the redaction rule itself said to block.
 deny contains sprintf("finding_blocked:%s", [f.type]) if {
 	some f in input.findings
 	f.count > 0

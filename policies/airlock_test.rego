@@ -79,3 +79,10 @@ test_unknown_app_denied_even_if_data_changes if {
 	d := airlock.decision with input as req("new-app", "gpt-4o") with data.apps.apps as {}
 	not d.allow
 }
+
+test_app_blocked_finding_without_defaults if {
+	apps := {"apps": {"x": {"models": [], "blocked_findings": ["ssn"]}}}
+	d := airlock.decision with input as with_finding(req("x", "any"), "ssn", "mask") with data.apps as apps
+	not d.allow
+	"finding_blocked:ssn" in d.reasons
+}
