@@ -273,12 +273,10 @@ impl Limits {
         cfg: &BudgetConfig,
     ) -> Result<Self, BudgetError> {
         let mut errors = Vec::new();
-        let b: Option<BudgetsFile> = serde_json::from_value(budgets.clone())
-            .map_err(|e| errors.push(format!("{}: {e}", budgets_path.display())))
-            .ok();
-        let p: Option<PricesFile> = serde_json::from_value(prices.clone())
-            .map_err(|e| errors.push(format!("{}: {e}", prices_path.display())))
-            .ok();
+        let bfile = budgets_path.display().to_string();
+        let pfile = prices_path.display().to_string();
+        let b = parse_budgets(budgets, &bfile, &mut errors);
+        let p = parse_prices(prices, &pfile, &mut errors);
         if let Some(b) = &b {
             errors.extend(validate_budgets(b, budgets_path));
         }
@@ -354,6 +352,92 @@ impl Limits {
     /// Completion tokens reserved when the request names no maximum.
     pub fn default_max_tokens(&self) -> u64 {
         self.default_max_tokens
+    }
+}
+
+/// Deserialize one entry, recording the error (with its key path) instead of stopping.
+fn entry<T: serde::de::DeserializeOwned>(
+    v: &serde_json::Value,
+    ctx: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| errors.push(format!("{ctx}: {e}")))
+        .ok()
+}
+
+/// A `name → entry` mapping parsed entry by entry, so every bad entry is reported.
+fn entries<T: serde::de::DeserializeOwned>(
+    v: Option<&serde_json::Value>,
+    ctx: &str,
+    errors: &mut Vec<String>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    match v {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(m)) => {
+            for (name, e) in m {
+                if let Some(x) = entry(e, &format!("{ctx}.{name}"), errors) {
+                    out.insert(name.clone(), x);
+                }
+            }
+        }
+        Some(other) => errors.push(format!("{ctx} must be a mapping, got {other}")),
+    }
+    out
+}
+
+fn top_keys(v: &serde_json::Value, file: &str, allowed: &[&str], errors: &mut Vec<String>) -> bool {
+    let Some(obj) = v.as_object() else {
+        errors.push(format!("{file}: top level must be a mapping"));
+        return false;
+    };
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            errors.push(format!(
+                "{file}: unknown key {k:?} (expected one of: {})",
+                allowed.join(", ")
+            ));
+        }
+    }
+    true
+}
+
+fn parse_budgets(
+    v: &serde_json::Value,
+    file: &str,
+    errors: &mut Vec<String>,
+) -> Option<BudgetsFile> {
+    let before = errors.len();
+    if !top_keys(v, file, &["default", "apps"], errors) {
+        return None;
+    }
+    let default = match v.get("default") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(d) => entry(d, &format!("{file}: default"), errors),
+    };
+    let apps = entries(v.get("apps"), &format!("{file}: apps"), errors);
+    (errors.len() == before).then_some(BudgetsFile { default, apps })
+}
+
+fn parse_prices(v: &serde_json::Value, file: &str, errors: &mut Vec<String>) -> Option<PricesFile> {
+    let before = errors.len();
+    if !top_keys(v, file, &["default", "models"], errors) {
+        return None;
+    }
+    let default = match v.get("default") {
+        Some(d) => entry(d, &format!("{file}: default"), errors),
+        None => {
+            errors.push(format!(
+                "{file}: default is missing (the price of models not listed)"
+            ));
+            None
+        }
+    };
+    let models = entries(v.get("models"), &format!("{file}: models"), errors);
+    match default {
+        Some(default) if errors.len() == before => Some(PricesFile { default, models }),
+        _ => None,
     }
 }
 
@@ -1279,6 +1363,20 @@ mod tests {
         .to_string();
         assert!(err.contains("unknown field `request_per_minute`"), "{err}");
         assert!(err.contains("p.yaml"), "{err}");
+        // Every bad entry, not just the first.
+        let two = serde_json::json!({"apps": {"a": {"rpm": {"hard": 1}}, "b": {"tpm": {"hard": 1}}}, "extra": 1});
+        let err = Limits::from_values(
+            &two,
+            Path::new("b.yaml"),
+            &serde_json::json!({"default": {"input": 1.0, "output": 1.0}}),
+            Path::new("p.yaml"),
+            &BudgetConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("b.yaml: apps.a: unknown field `rpm`"), "{err}");
+        assert!(err.contains("b.yaml: apps.b: unknown field `tpm`"), "{err}");
+        assert!(err.contains("b.yaml: unknown key \"extra\""), "{err}");
     }
 
     #[test]

@@ -776,12 +776,9 @@ fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> 
 }
 
 /// `apps.yaml` as the default policy reads it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct AppsData {
-    #[serde(default)]
     defaults: AppsDefaults,
-    #[serde(default)]
     apps: BTreeMap<String, AppEntry>,
 }
 
@@ -814,11 +811,40 @@ fn validate_apps_data(
         return Vec::new();
     };
     let file = path.display();
-    let parsed: AppsData = match serde_json::from_value(value.clone()) {
-        Ok(p) => p,
-        Err(e) => return vec![format!("{file}: {e}")],
-    };
     let mut errors = Vec::new();
+    let Some(obj) = value.as_object() else {
+        return vec![format!("{file}: top level must be a mapping")];
+    };
+    for k in obj.keys() {
+        if k != "defaults" && k != "apps" {
+            errors.push(format!(
+                "{file}: unknown key {k:?} (expected defaults, apps)"
+            ));
+        }
+    }
+    let defaults: AppsDefaults = match obj.get("defaults") {
+        None | Some(serde_json::Value::Null) => AppsDefaults::default(),
+        Some(d) => serde_json::from_value(d.clone()).unwrap_or_else(|e| {
+            errors.push(format!("{file}: defaults: {e}"));
+            AppsDefaults::default()
+        }),
+    };
+    let mut apps = BTreeMap::new();
+    match obj.get("apps") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(m)) => {
+            for (name, e) in m {
+                match serde_json::from_value::<AppEntry>(e.clone()) {
+                    Ok(a) => {
+                        apps.insert(name.clone(), a);
+                    }
+                    Err(err) => errors.push(format!("{file}: apps.{name}: {err}")),
+                }
+            }
+        }
+        Some(other) => errors.push(format!("{file}: apps must be a mapping, got {other}")),
+    }
+    let parsed = AppsData { defaults, apps };
     for t in &parsed.defaults.blocked_findings {
         if t.is_empty() {
             errors.push(format!(
@@ -1213,7 +1239,9 @@ mod tests {
         )
         .unwrap();
         let err = PolicyBundle::load(&cfg).unwrap_err().to_string();
-        assert!(err.contains("modles"), "{err}");
+        // Both bad entries are reported, each with its key path.
+        assert!(err.contains("apps.a: unknown field `modles`"), "{err}");
+        assert!(err.contains("apps.b.redaction.email is \"erase\""), "{err}");
     }
 
     #[test]

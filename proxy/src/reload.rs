@@ -100,6 +100,58 @@ pub struct ReloadReport<T, E> {
     pub took: Duration,
 }
 
+/// The `reload:` section of the config.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Watch the config file and policy directory (SIGHUP works either way).
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+    /// Quiet time after the last file event before rebuilding, in ms.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+fn default_watch() -> bool {
+    true
+}
+
+fn default_debounce_ms() -> u64 {
+    250
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: default_watch(),
+            debounce_ms: default_debounce_ms(),
+        }
+    }
+}
+
+impl ReloadConfig {
+    /// Every problem with this section, each naming the key and the bad value.
+    pub fn validate(&self) -> Vec<String> {
+        if (10..=60_000).contains(&self.debounce_ms) {
+            Vec::new()
+        } else {
+            vec![format!(
+                "reload.debounce_ms: {} is out of range (10..=60000)",
+                self.debounce_ms
+            )]
+        }
+    }
+
+    /// What to watch for a config file and a policy directory.
+    pub fn spec(&self, config_file: Option<PathBuf>, policy_dir: PathBuf) -> WatchSpec {
+        WatchSpec {
+            config_file,
+            dirs: vec![policy_dir],
+            debounce: Duration::from_millis(self.debounce_ms),
+        }
+    }
+}
+
 /// What to watch and how long to let changes settle.
 #[derive(Debug, Clone)]
 pub struct WatchSpec {
