@@ -142,12 +142,22 @@ impl ReloadConfig {
         }
     }
 
-    /// What to watch for a config file and a policy directory.
+    /// What to watch for a config file and a policy directory; nothing
+    /// when `watch` is off (the reloader then only answers triggers).
     pub fn spec(&self, config_file: Option<PathBuf>, policy_dir: PathBuf) -> WatchSpec {
-        WatchSpec {
-            config_file,
-            dirs: vec![policy_dir],
-            debounce: Duration::from_millis(self.debounce_ms),
+        let debounce = Duration::from_millis(self.debounce_ms);
+        if self.watch {
+            WatchSpec {
+                config_file,
+                dirs: vec![policy_dir],
+                debounce,
+            }
+        } else {
+            WatchSpec {
+                config_file: None,
+                dirs: Vec::new(),
+                debounce,
+            }
         }
     }
 }
