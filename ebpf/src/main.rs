@@ -273,6 +273,16 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
 
     // SAFETY: bpf_get_socket_cookie is valid on a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // Programs on a nested cgroup already redirected this connect: keep the
+    // record they wrote (it has the real destination). Only the exact
+    // redirect target qualifies, so a retried connect to anywhere else is
+    // still rewritten.
+    if port == cfg.redirect_port && is_redirect_target(cfg, family, &addr, v6) {
+        // SAFETY: presence check only.
+        if unsafe { AL_ORIG_COOKIE.get(&cookie) }.is_some() {
+            return Ok(ALLOW);
+        }
+    }
     let origin = Origin {
         family,
         port,
@@ -305,6 +315,19 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
     }
     count(cgroup_id, Kind::Redirected);
     Ok(ALLOW)
+}
+
+#[inline(always)]
+fn is_redirect_target(cfg: &Config, family: u16, addr: &[u32; 4], v6: bool) -> bool {
+    if family == AF_INET {
+        addr[0] == cfg.redirect_addr4
+    } else {
+        v6 && cfg.flags & CONFIG_HAS_V6 != 0
+            && addr[0] == cfg.redirect_addr6[0]
+            && addr[1] == cfg.redirect_addr6[1]
+            && addr[2] == cfg.redirect_addr6[2]
+            && addr[3] == cfg.redirect_addr6[3]
+    }
 }
 
 fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
