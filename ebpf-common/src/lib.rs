@@ -45,7 +45,7 @@ pub mod maps {
     /// `LruHashMap<u64 socket cookie, Origin>`: written by connect4/6.
     pub const ORIGIN_BY_COOKIE: &str = "AL_ORIG_COOKIE";
     /// `LruHashMap<ClientKey, Origin>`: written by sock_ops, read and
-    /// deleted by the proxy on accept.
+    /// deleted by the proxy on accept (LRU bounds what is never taken).
     pub const ORIGIN_BY_CLIENT: &str = "AL_ORIG_CLIENT";
     /// `Array<Config>` with one entry, written by the agent.
     pub const CONFIG: &str = "AL_CONFIG";
@@ -140,7 +140,7 @@ pub struct Origin {
     pub pid: u32,
     /// cgroup v2 id of the connecting task.
     pub cgroup_id: u64,
-    /// Socket cookie, so a close only removes its own client entry.
+    /// Socket cookie of the client socket (diagnostics).
     pub cookie: u64,
 }
 

@@ -28,6 +28,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::warn;
+use core::ptr::{read_volatile, write_volatile};
 
 /// Return value that lets the socket operation proceed.
 const ALLOW: i32 = 1;
@@ -208,13 +209,16 @@ struct Internal;
 
 #[inline(always)]
 fn verdict(r: Result<i32, Internal>) -> i32 {
-    match r {
+    let v = match r {
         Ok(v) => v,
         Err(Internal) => {
             count(current_cgroup(), Kind::Internal);
             ON_INTERNAL_FAILURE
         }
-    }
+    };
+    // The verifier needs R0 provably in [0, 1]; a value passed through the
+    // stack loses its range, so narrow it explicitly (ALLOW = 1, DENY = 0).
+    v & 1
 }
 
 #[inline(always)]
@@ -230,12 +234,22 @@ fn config() -> Result<&'static Config, Internal> {
 fn destination(ctx: &SockAddrContext, v6: bool) -> (u16, [u32; 4], u16) {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's
     // lifetime; these fields are readable in connect/sendmsg hooks.
-    let sa = unsafe { &*ctx.sock_addr };
-    let port = u16::from_be(sa.user_port as u16);
-    let (family, addr) = if v6 {
-        fold(AF_INET6, sa.user_ip6)
-    } else {
-        (AF_INET, [sa.user_ip4, 0, 0, 0])
+    // Volatile u32 loads for the same reason as the stores in try_connect.
+    let (port, family, addr) = unsafe {
+        let sa = ctx.sock_addr;
+        let port = u16::from_be(read_volatile(&raw const (*sa).user_port) as u16);
+        let (family, addr) = if v6 {
+            let ip = [
+                read_volatile(&raw const (*sa).user_ip6[0]),
+                read_volatile(&raw const (*sa).user_ip6[1]),
+                read_volatile(&raw const (*sa).user_ip6[2]),
+                read_volatile(&raw const (*sa).user_ip6[3]),
+            ];
+            fold(AF_INET6, ip)
+        } else {
+            (AF_INET, [read_volatile(&raw const (*sa).user_ip4), 0, 0, 0])
+        };
+        (port, family, addr)
     };
     (family, addr, port)
 }
@@ -298,20 +312,26 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
 
     // SAFETY: user_ip4/user_ip6/user_port are writable in connect hooks; the
     // port is a 4-byte store of the network-order value.
+    // Volatile 4-byte stores: the context only accepts whole-field u32
+    // writes, never the byte-wise copy a plain array assignment becomes.
     unsafe {
-        let sa = &mut *ctx.sock_addr;
+        let sa = ctx.sock_addr;
         if v6 {
-            if cfg.flags & CONFIG_HAS_V6 != 0 {
-                sa.user_ip6 = cfg.redirect_addr6;
+            let ip = if cfg.flags & CONFIG_HAS_V6 != 0 {
+                cfg.redirect_addr6
             } else {
                 // An IPv6 socket reaches an IPv4 proxy through a v4-mapped
                 // address (fails closed with ENETUNREACH on IPV6_V6ONLY).
-                sa.user_ip6 = [0, 0, V4_MAPPED_WORD, cfg.redirect_addr4];
-            }
+                [0, 0, V4_MAPPED_WORD, cfg.redirect_addr4]
+            };
+            write_volatile(&raw mut (*sa).user_ip6[0], ip[0]);
+            write_volatile(&raw mut (*sa).user_ip6[1], ip[1]);
+            write_volatile(&raw mut (*sa).user_ip6[2], ip[2]);
+            write_volatile(&raw mut (*sa).user_ip6[3], ip[3]);
         } else {
-            sa.user_ip4 = cfg.redirect_addr4;
+            write_volatile(&raw mut (*sa).user_ip4, cfg.redirect_addr4);
         }
-        sa.user_port = u32::from(cfg.redirect_port.to_be());
+        write_volatile(&raw mut (*sa).user_port, u32::from(cfg.redirect_port.to_be()));
     }
     count(cgroup_id, Kind::Redirected);
     Ok(ALLOW)
@@ -429,19 +449,14 @@ fn try_sock_ops(ctx: &SockOpsContext) {
         }
         let _ = AL_ORIG_COOKIE.remove(cookie);
     } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE {
+        // A connect that never established (refused: proxy down) leaves its
+        // cookie record; drop it here. The client-keyed record is left to
+        // the proxy (take) and to LRU eviction: a client that close()s right
+        // after sending reaches TCP_CLOSE (early TIME_WAIT of an orphan)
+        // before the proxy accepts, and must still be identified.
         // SAFETY: valid sock_ops context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let _ = AL_ORIG_COOKIE.remove(cookie);
-        let Some(key) = client_key(ctx) else { return };
-        // SAFETY: copied out at once.
-        let ours = match unsafe { AL_ORIG_CLIENT.get(&key) } {
-            Some(o) => o.cookie == cookie,
-            None => false,
-        };
-        // A reused client port may already carry a newer connection's record.
-        if ours {
-            let _ = AL_ORIG_CLIENT.remove(key);
-        }
     }
 }
 

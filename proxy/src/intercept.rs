@@ -86,6 +86,7 @@ impl Origins {
         match map.remove(&key) {
             // Removed concurrently by the close hook: the record is still valid.
             Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
         drop(map);

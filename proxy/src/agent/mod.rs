@@ -502,7 +502,7 @@ impl Agent {
                 Ok(true) => report.attached.push(a.path.clone()),
                 Ok(false) => {}
                 Err(e) => {
-                    report.errors.push(format!("cgroup {}: {e}", a.path));
+                    report.errors.push(format!("cgroup {}: {}", a.path, error_chain(&e)));
                     continue;
                 }
             }
@@ -665,13 +665,27 @@ impl Agent {
     }
 }
 
+/// `e` and its sources, `: `-separated (aya's messages omit the errno).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn attach_one(
     programs: &mut Programs,
     name: &'static str,
     cgroup: &fs::File,
 ) -> Result<FdLink, AgentError> {
     let perr = |source| AgentError::Program { name, source };
-    let mode = CgroupAttachMode::AllowMultiple;
+    // bpf_link_create takes no attach flags (EINVAL with BPF_F_ALLOW_MULTI):
+    // cgroup links always have multi-attach semantics. `Single` maps to 0.
+    let mode = CgroupAttachMode::Single;
     let link: FdLink = match name {
         progs::SOCK_OPS => {
             let id = programs.sock_ops.attach(cgroup, mode).map_err(perr)?;
