@@ -1,10 +1,10 @@
-// Builds the kernel side (`../ebpf`, package `airlock-ebpf`) with the pinned
-// nightly and bpf-linker, for `include_bytes_aligned!` in `agent`.
-//
-// `AYA_BUILD_SKIP=1` skips it (for `cargo check`/clippy on machines without
-// bpf-linker): an empty object is written instead and loading the agent then
-// fails with a clear error. `AIRLOCK_EBPF_DIR` overrides where the eBPF crate
-// lives (used by out-of-tree harnesses).
+//! Builds the kernel side (`../ebpf`, package `airlock-ebpf`) with the pinned
+//! nightly and bpf-linker, for `include_bytes_aligned!` in `agent`.
+//!
+//! `AYA_BUILD_SKIP=1` skips it (for `cargo check`/clippy on machines without
+//! bpf-linker): an empty object is written instead and loading the agent then
+//! fails with a clear error. `AIRLOCK_EBPF_DIR` overrides where the eBPF crate
+//! lives (used by out-of-tree harnesses).
 
 use std::{env, fs, path::PathBuf};
 
@@ -31,8 +31,8 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = match env::var_os("AIRLOCK_EBPF_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let manifest =
-                env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?;
+            let manifest = env::var_os("CARGO_MANIFEST_DIR")
+                .ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?;
             PathBuf::from(manifest).join("..").join("ebpf")
         }
     };
@@ -58,5 +58,7 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Nightly,
     )
-    .context("building the eBPF programs (see ebpf-toolchain set-up: nightly, rust-src, bpf-linker)")
+    .context(
+        "building the eBPF programs (see ebpf-toolchain set-up: nightly, rust-src, bpf-linker)",
+    )
 }

@@ -37,7 +37,14 @@ pub mod programs {
     /// `cgroup/sock_create`: refuses raw and packet sockets.
     pub const SOCK_CREATE: &str = "al_sock_create";
     /// All of them, in attach order (the socket gate first).
-    pub const ALL: [&str; 6] = [SOCK_CREATE, SOCK_OPS, CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    pub const ALL: [&str; 6] = [
+        SOCK_CREATE,
+        SOCK_OPS,
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+    ];
 }
 
 /// Map names (the eBPF statics' names); also the file names of their pins.
@@ -236,7 +243,11 @@ mod user {
         /// IPv6 addresses are folded to IPv4, as the kernel side does.
         pub fn from_socket_addr(sa: SocketAddr) -> Self {
             let (family, addr) = pack_ip(sa.ip().to_canonical());
-            ClientKey { family, port: sa.port(), addr }
+            ClientKey {
+                family,
+                port: sa.port(),
+                addr,
+            }
         }
     }
 

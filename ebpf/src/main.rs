@@ -110,7 +110,10 @@ fn count(cgroup_id: u64, kind: Kind) {
     }
     let mut c = Counters::default();
     bump(&mut c, kind);
-    if AL_COUNTERS.insert(cgroup_id, c, BPF_NOEXIST as u64).is_err() {
+    if AL_COUNTERS
+        .insert(cgroup_id, c, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Another CPU created the entry first: use it.
         if let Some(p) = AL_COUNTERS.get_ptr_mut(cgroup_id) {
             // SAFETY: as above.
@@ -274,7 +277,10 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
             return Ok(ALLOW);
         }
         count(cgroup_id, Kind::Udp);
-        warn!(ctx, "airlock: udp connect denied, cgroup {} port {}", cgroup_id, port);
+        warn!(
+            ctx,
+            "airlock: udp connect denied, cgroup {} port {}", cgroup_id, port
+        );
         return Ok(DENY);
     }
     if sock_type != SOCK_STREAM {
@@ -306,7 +312,10 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
         cookie,
     };
     if AL_ORIG_COOKIE.insert(cookie, origin, 0).is_err() {
-        warn!(ctx, "airlock: origin map insert failed, cgroup {}", cgroup_id);
+        warn!(
+            ctx,
+            "airlock: origin map insert failed, cgroup {}", cgroup_id
+        );
         return Err(Internal);
     }
 
@@ -331,7 +340,10 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
         } else {
             write_volatile(&raw mut (*sa).user_ip4, cfg.redirect_addr4);
         }
-        write_volatile(&raw mut (*sa).user_port, u32::from(cfg.redirect_port.to_be()));
+        write_volatile(
+            &raw mut (*sa).user_port,
+            u32::from(cfg.redirect_port.to_be()),
+        );
     }
     count(cgroup_id, Kind::Redirected);
     Ok(ALLOW)
@@ -364,7 +376,10 @@ fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
         return Ok(ALLOW);
     }
     count(cgroup_id, Kind::Udp);
-    warn!(ctx, "airlock: udp send denied, cgroup {} port {}", cgroup_id, port);
+    warn!(
+        ctx,
+        "airlock: udp send denied, cgroup {} port {}", cgroup_id, port
+    );
     Ok(DENY)
 }
 
@@ -445,7 +460,10 @@ fn try_sock_ops(ctx: &SockOpsContext) {
         if AL_ORIG_CLIENT.insert(key, origin, 0).is_err() {
             // The proxy will find no record and refuse: still closed.
             count(origin.cgroup_id, Kind::Internal);
-            warn!(ctx, "airlock: client map insert failed, cgroup {}", origin.cgroup_id);
+            warn!(
+                ctx,
+                "airlock: client map insert failed, cgroup {}", origin.cgroup_id
+            );
         }
         let _ = AL_ORIG_COOKIE.remove(cookie);
     } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE {

@@ -86,7 +86,10 @@ impl AppRules {
 
     /// The app whose glob matches `rel` exactly (no ancestor search).
     pub fn matching(&self, rel: &str) -> Option<&AppId> {
-        self.rules.iter().find(|(_, gs)| gs.iter().any(|g| g.matches(rel))).map(|(a, _)| a)
+        self.rules
+            .iter()
+            .find(|(_, gs)| gs.iter().any(|g| g.matches(rel)))
+            .map(|(a, _)| a)
     }
 
     /// The app of `rel` or of its nearest matching ancestor.
@@ -121,7 +124,10 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("root", &self.root).field("rules", &self.rules).finish()
+        f.debug_struct("Identity")
+            .field("root", &self.root)
+            .field("rules", &self.rules)
+            .finish()
     }
 }
 
@@ -132,7 +138,10 @@ impl Identity {
         Ok(Identity {
             root: root.to_owned(),
             rules: AppRules::new(apps)?,
-            cache: RwLock::new(Cache { by_id: HashMap::new(), last_walk: None }),
+            cache: RwLock::new(Cache {
+                by_id: HashMap::new(),
+                last_walk: None,
+            }),
         })
     }
 
@@ -161,10 +170,10 @@ impl Identity {
         }
         c.last_walk = Some(Instant::now());
         for f in found {
-            let r = self
-                .rules
-                .app_for(&f.rel)
-                .map(|app| Resolved { app: app.clone(), cgroup_path: f.rel.clone() });
+            let r = self.rules.app_for(&f.rel).map(|app| Resolved {
+                app: app.clone(),
+                cgroup_path: f.rel.clone(),
+            });
             c.by_id.insert(f.id, r);
         }
         c.by_id.get(&cgroup_id).cloned().flatten()
@@ -179,14 +188,21 @@ impl Identity {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
     #[test]
     fn nearest_matching_ancestor() {
         let apps = vec![
-            AppRule { id: "a".into(), cgroups: vec!["pods/a-*".into()] },
-            AppRule { id: "b".into(), cgroups: vec!["pods/**/b".into()] },
+            AppRule {
+                id: "a".into(),
+                cgroups: vec!["pods/a-*".into()],
+            },
+            AppRule {
+                id: "b".into(),
+                cgroups: vec!["pods/**/b".into()],
+            },
         ];
         let r = AppRules::new(&apps).unwrap();
         assert_eq!(r.app_for("pods/a-1/ctr").map(|a| a.0.as_str()), Some("a"));

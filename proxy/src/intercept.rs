@@ -30,7 +30,9 @@ pub struct Origin {
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptError {
     /// The pinned map could not be opened.
-    #[error("origin map {path:?}: {source} (is the agent started with the same enforcement.bpffs?)")]
+    #[error(
+        "origin map {path:?}: {source} (is the agent started with the same enforcement.bpffs?)"
+    )]
     Open {
         /// Pin path.
         path: PathBuf,
@@ -65,8 +67,13 @@ impl Origins {
             let data = MapData::from_pin(&path)?;
             HashMap::try_from(Map::from_map_data(data)?)
         };
-        let map = open().map_err(|source| InterceptError::Open { path: path.clone(), source })?;
-        Ok(Origins { map: Arc::new(Mutex::new(map)) })
+        let map = open().map_err(|source| InterceptError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Origins {
+            map: Arc::new(Mutex::new(map)),
+        })
     }
 
     /// The origin of the connection whose client (the accepted socket's peer)
@@ -77,7 +84,10 @@ impl Origins {
     /// blocks on I/O.
     pub fn take(&self, peer: SocketAddr) -> Result<Option<Origin>, InterceptError> {
         let key = ClientKey::from_socket_addr(peer);
-        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let raw = match map.get(&key, 0) {
             Ok(r) => r,
             Err(MapError::KeyNotFound) => return Ok(None),
@@ -86,18 +96,28 @@ impl Origins {
         match map.remove(&key) {
             // Removed concurrently by the close hook: the record is still valid.
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            }
             Err(e) => return Err(e.into()),
         }
         drop(map);
-        let orig_dst = raw.socket_addr().ok_or(InterceptError::BadFamily(raw.family))?;
-        Ok(Some(Origin { orig_dst, cgroup_id: raw.cgroup_id, pid: raw.pid }))
+        let orig_dst = raw
+            .socket_addr()
+            .ok_or(InterceptError::BadFamily(raw.family))?;
+        Ok(Some(Origin {
+            orig_dst,
+            cgroup_id: raw.cgroup_id,
+            pid: raw.pid,
+        }))
     }
 
     /// Number of records waiting to be taken (walks the map; for tests and
     /// diagnostics).
     pub fn pending(&self) -> usize {
-        let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.keys().filter(Result::is_ok).count()
     }
 }

@@ -4,7 +4,12 @@
 //! detected root; never the root) and its own private bpffs, both removed in
 //! `Drop` even when the test fails, and uses its own ports. Without root the
 //! tests fail; they do not skip. A tokio listener stands in for the proxy.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "tests"
+)]
 
 use std::{
     collections::BTreeMap,
@@ -25,12 +30,7 @@ use airlock::{
     },
     intercept::{Origin, Origins},
 };
-use tokio::{
-    io::AsyncWriteExt as _,
-    net::TcpListener,
-    sync::mpsc,
-    task::JoinHandle,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpListener, sync::mpsc, task::JoinHandle};
 
 const APP: &str = "test-app";
 
@@ -52,7 +52,10 @@ impl World {
             cgroup_root: cg.root().display().to_string(),
             ..Default::default()
         };
-        let apps = vec![AppRule { id: APP.into(), cgroups: vec![cg.rel().to_owned()] }];
+        let apps = vec![AppRule {
+            id: APP.into(),
+            cgroups: vec![cg.rel().to_owned()],
+        }];
         World { cg, fs, cfg, apps }
     }
 
@@ -83,7 +86,9 @@ fn serve(listener: TcpListener, origins: Origins) -> StandIn {
     let (tx, seen) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, peer)) = listener.accept().await else { return };
+            let Ok((mut s, peer)) = listener.accept().await else {
+                return;
+            };
             let o = origins.take(peer).expect("origin lookup");
             let _ = tx.send(o);
             tokio::spawn(async move {
@@ -110,12 +115,16 @@ struct Trap {
 }
 
 async fn trap(addr: &str) -> Trap {
-    let l = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind trap {addr}: {e}"));
+    let l = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind trap {addr}: {e}"));
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             h.fetch_add(1, Ordering::SeqCst);
             let _ = s
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ntrap")
@@ -174,7 +183,11 @@ fn kernel_attachments(cg: &CgroupGuard) -> BTreeMap<String, usize> {
         .arg(cg.path())
         .output()
         .expect("run bpftool (is it installed?)");
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::json!([]));
     let mut m = BTreeMap::new();
     for e in v.as_array().cloned().unwrap_or_default() {
@@ -186,7 +199,14 @@ fn kernel_attachments(cg: &CgroupGuard) -> BTreeMap<String, usize> {
 
 fn expect_one_of_each(cg: &CgroupGuard) {
     let m = kernel_attachments(cg);
-    for t in ["cgroup_inet_sock_create", "cgroup_sock_ops", "cgroup_inet4_connect", "cgroup_inet6_connect", "cgroup_udp4_sendmsg", "cgroup_udp6_sendmsg"] {
+    for t in [
+        "cgroup_inet_sock_create",
+        "cgroup_sock_ops",
+        "cgroup_inet4_connect",
+        "cgroup_inet6_connect",
+        "cgroup_udp4_sendmsg",
+        "cgroup_udp6_sendmsg",
+    ] {
         assert_eq!(m.get(t).copied(), Some(1), "attach type {t}: {m:?}");
     }
     assert_eq!(m.values().sum::<usize>(), 6, "{m:?}");
@@ -202,7 +222,11 @@ async fn curl_in_cgroup_is_redirected_and_origin_recovered() {
     let trap = trap("127.0.0.77:80").await;
 
     let (pid, out) = curl(Some(&w.cg), &["http://127.0.0.77:80/v1/chat/completions"]).await;
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(body(&out), "stand-in");
     let o = next_origin(&mut proxy).await;
     assert_eq!(o.orig_dst, "127.0.0.77:80".parse::<SocketAddr>().unwrap());
@@ -210,17 +234,30 @@ async fn curl_in_cgroup_is_redirected_and_origin_recovered() {
     assert_eq!(o.pid, pid);
 
     // A destination named by host.
-    let (_, out) =
-        curl(Some(&w.cg), &["--resolve", "api.openai.com:80:127.0.0.77", "http://api.openai.com/v1/models"]).await;
+    let (_, out) = curl(
+        Some(&w.cg),
+        &[
+            "--resolve",
+            "api.openai.com:80:127.0.0.77",
+            "http://api.openai.com/v1/models",
+        ],
+    )
+    .await;
     assert_eq!(body(&out), "stand-in");
-    assert_eq!(next_origin(&mut proxy).await.orig_dst, "127.0.0.77:80".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        next_origin(&mut proxy).await.orig_dst,
+        "127.0.0.77:80".parse::<SocketAddr>().unwrap()
+    );
 
     let id = agent.identity().resolve(o.cgroup_id).expect("identity");
     assert_eq!(id.app.0, APP);
     assert_eq!(id.cgroup_path, w.cg.rel());
     assert_eq!(trap.hits(), 0, "the original destination was reached");
     let c = agent.counters();
-    assert!(c.get(&id.app).map(|c| c.redirected).unwrap_or(0) >= 2, "{c:?}");
+    assert!(
+        c.get(&id.app).map(|c| c.redirected).unwrap_or(0) >= 2,
+        "{c:?}"
+    );
     assert_eq!(agent.origins().pending(), 0);
 }
 
@@ -233,7 +270,11 @@ async fn ipv6_connect_is_redirected() {
     let trap = trap("[::1]:18081").await;
 
     let (pid, out) = curl(Some(&w.cg), &["http://[::1]:18081/v1/chat/completions"]).await;
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(body(&out), "stand-in");
     let o = next_origin(&mut proxy).await;
     assert_eq!(o.orig_dst, "[::1]:18081".parse::<SocketAddr>().unwrap());
@@ -252,9 +293,15 @@ async fn process_outside_the_cgroup_is_untouched() {
     let (_, out) = curl(None, &["http://127.0.0.78:18082/"]).await;
     assert_eq!(body(&out), "trap");
     assert_eq!(trap.hits(), 1);
-    assert!(proxy.seen.try_recv().is_err(), "the stand-in proxy saw an outside process");
+    assert!(
+        proxy.seen.try_recv().is_err(),
+        "the stand-in proxy saw an outside process"
+    );
     // UDP and raw sockets outside are not refused either.
-    assert_eq!(fork_outside(|| raw::udp_sendto(raw::localhost(9))).unwrap(), 0);
+    assert_eq!(
+        fork_outside(|| raw::udp_sendto(raw::localhost(9))).unwrap(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,20 +316,38 @@ async fn udp_except_dns_and_raw_sockets_are_refused() {
 
     let eperm = libc::EPERM;
     let not_dns = raw::localhost(dns_port.wrapping_add(1).max(1024));
-    assert_eq!(w.cg.fork(|| raw::udp_sendto(not_dns)).unwrap(), eperm, "udp sendto non-DNS");
-    assert_eq!(w.cg.fork(|| raw::udp_connect(not_dns)).unwrap(), eperm, "udp connect non-DNS");
+    assert_eq!(
+        w.cg.fork(|| raw::udp_sendto(not_dns)).unwrap(),
+        eperm,
+        "udp sendto non-DNS"
+    );
+    assert_eq!(
+        w.cg.fork(|| raw::udp_connect(not_dns)).unwrap(),
+        eperm,
+        "udp connect non-DNS"
+    );
     let dns_addr = raw::localhost(dns_port);
-    assert_eq!(w.cg.fork(|| raw::udp_sendto(dns_addr)).unwrap(), 0, "udp to the DNS resolver");
+    assert_eq!(
+        w.cg.fork(|| raw::udp_sendto(dns_addr)).unwrap(),
+        0,
+        "udp to the DNS resolver"
+    );
     dns.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 8];
-    assert_eq!(dns.recv(&mut buf).unwrap(), 1, "the resolver got the datagram");
     assert_eq!(
-        w.cg.fork(|| raw::open_close(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)).unwrap(),
+        dns.recv(&mut buf).unwrap(),
+        1,
+        "the resolver got the datagram"
+    );
+    assert_eq!(
+        w.cg.fork(|| raw::open_close(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP))
+            .unwrap(),
         eperm,
         "raw socket"
     );
     assert_eq!(
-        w.cg.fork(|| raw::open_close(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)).unwrap(),
+        w.cg.fork(|| raw::open_close(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6))
+            .unwrap(),
         eperm,
         "raw v6 socket"
     );
@@ -291,11 +356,23 @@ async fn udp_except_dns_and_raw_sockets_are_refused() {
     // must not have. Not asserted here.
     // ICMP ping sockets: refused (by ping_group_range before our hook, or by
     // sock_create).
-    assert_ne!(w.cg.fork(|| raw::open_close(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)).unwrap(), 0);
-    assert_eq!(w.cg.fork(|| raw::open_close(libc::AF_INET, libc::SOCK_STREAM, 0)).unwrap(), 0);
+    assert_ne!(
+        w.cg.fork(|| raw::open_close(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        w.cg.fork(|| raw::open_close(libc::AF_INET, libc::SOCK_STREAM, 0))
+            .unwrap(),
+        0
+    );
 
     let c = agent.counters();
-    let app = c.iter().find(|(a, _)| a.0 == APP).map(|(_, c)| c.clone()).unwrap_or_default();
+    let app = c
+        .iter()
+        .find(|(a, _)| a.0 == APP)
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default();
     assert_eq!(app.denied.get(&DeniedKind::Udp).copied(), Some(2), "{c:?}");
     assert_eq!(app.denied.get(&DeniedKind::Raw).copied(), Some(2), "{c:?}");
 }
@@ -309,9 +386,17 @@ async fn proxy_down_means_connection_refused() {
     let trap = trap("127.0.0.79:18083").await;
 
     let (_, out) = curl(Some(&w.cg), &["http://127.0.0.79:18083/"]).await;
-    assert_eq!(out.status.code(), Some(7), "curl should fail to connect: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl should fail to connect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refused") || err.contains("Couldn't connect"), "{err}");
+    assert!(
+        err.contains("refused") || err.contains("Couldn't connect"),
+        "{err}"
+    );
     assert_eq!(trap.hits(), 0, "fell back to the original destination");
 
     // Proxy back on the same port: traffic flows again.
@@ -349,7 +434,10 @@ async fn restart_reuses_pins_without_second_attach_and_detach_removes_all() {
     assert_eq!(trap.hits(), 0);
 
     agent::detach(w.fs.path()).unwrap();
-    assert!(kernel_attachments(&w.cg).is_empty(), "links left after detach");
+    assert!(
+        kernel_attachments(&w.cg).is_empty(),
+        "links left after detach"
+    );
     let (_, out) = curl(Some(&w.cg), &["http://127.0.0.80:18084/"]).await;
     assert_eq!(body(&out), "trap", "after detach the app connects directly");
 }
@@ -384,7 +472,10 @@ async fn connect_storm_leaves_no_map_entries() {
         }
     }
     // The close hook runs when the last sockets leave; give it a moment.
-    let cookie_map = w.fs.path().join("maps").join(airlock_ebpf_common::maps::ORIGIN_BY_COOKIE);
+    let cookie_map =
+        w.fs.path()
+            .join("maps")
+            .join(airlock_ebpf_common::maps::ORIGIN_BY_COOKIE);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let by_client = agent.origins().pending();
@@ -392,11 +483,18 @@ async fn connect_storm_leaves_no_map_entries() {
         if by_client == 0 && by_cookie == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "left behind: {by_client} client, {by_cookie} cookie entries");
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {by_client} client, {by_cookie} cookie entries"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let c = agent.counters();
-    assert_eq!(c.values().map(|c| c.redirected).sum::<u64>(), N as u64, "{c:?}");
+    assert_eq!(
+        c.values().map(|c| c.redirected).sum::<u64>(),
+        N as u64,
+        "{c:?}"
+    );
 }
 
 fn count_keys(pin: &std::path::Path) -> usize {
@@ -409,7 +507,10 @@ fn count_keys(pin: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_app_cgroup_is_attached_within_a_second_and_removed_one_forgotten() {
     let mut w = World::new("watch");
-    w.apps = vec![AppRule { id: APP.into(), cgroups: vec![format!("{}/airlock-test-pod-*", w.cg.rel())] }];
+    w.apps = vec![AppRule {
+        id: APP.into(),
+        cgroups: vec![format!("{}/airlock-test-pod-*", w.cg.rel())],
+    }];
     let listener = bind_local().await;
     let agent = w.start(listener.local_addr().unwrap().port());
     let _bg = agent.spawn();
@@ -420,7 +521,10 @@ async fn new_app_cgroup_is_attached_within_a_second_and_removed_one_forgotten() 
     let rel = format!("{}/{}", w.cg.rel(), pod.rel());
     let t0 = Instant::now();
     while !agent.attached().iter().any(|a| a.path == rel) {
-        assert!(t0.elapsed() < Duration::from_secs(1), "not attached within a second");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "not attached within a second"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_, out) = curl(Some(&pod), &["http://127.0.0.82:18086/"]).await;
@@ -433,7 +537,10 @@ async fn new_app_cgroup_is_attached_within_a_second_and_removed_one_forgotten() 
     drop(pod);
     let t0 = Instant::now();
     while agent.attached().iter().any(|a| a.cgroup_id == pod_id) {
-        assert!(t0.elapsed() < Duration::from_secs(1), "not forgotten within a second");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "not forgotten within a second"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!w.fs.path().join("links").join(pod_id.to_string()).exists());

@@ -45,7 +45,11 @@ impl std::fmt::Display for Report {
 }
 
 fn bench_err(e: io::Error) -> AgentError {
-    AgentError::Io { what: "benchmark", path: "connect_cost".into(), source: e }
+    AgentError::Io {
+        what: "benchmark",
+        path: "connect_cost".into(),
+        source: e,
+    }
 }
 
 /// Runs `n` loopback connects (each `connect` + `close`) from a process in
@@ -65,8 +69,14 @@ pub fn connect_cost(n: usize) -> Result<Report, AgentError> {
     let base = run_phase(&cg, &listener, n, raw::localhost(port), None)?;
 
     // Phase 2: attached; the connect goes to a dead address and is redirected.
-    let cfg = EnforcementConfig { bpffs: fs.path().to_owned(), ..Default::default() };
-    let apps = [AppRule { id: "bench".into(), cgroups: vec![cg.rel().to_owned()] }];
+    let cfg = EnforcementConfig {
+        bpffs: fs.path().to_owned(),
+        ..Default::default()
+    };
+    let apps = [AppRule {
+        id: "bench".into(),
+        cgroups: vec![cg.rel().to_owned()],
+    }];
     let agent = Agent::start(&cfg, &apps, port)?;
     let origins = agent.origins();
     let target = SocketAddrV4::new([127, 0, 0, 2].into(), 9);
@@ -115,7 +125,9 @@ fn run_phase(
     let took = start.elapsed();
     let _ = acceptor.join();
     if code != 0 {
-        return Err(bench_err(io::Error::other(format!("benchmark client failed (exit {code})"))));
+        return Err(bench_err(io::Error::other(format!(
+            "benchmark client failed (exit {code})"
+        ))));
     }
     Ok(took)
 }

@@ -18,7 +18,9 @@ pub enum CgroupError {
     #[error("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified; set enforcement.cgroup_root")]
     NoV2Root,
     /// A configured root that is not cgroup2 (BPF attaches only to v2).
-    #[error("enforcement.cgroup_root {0:?} is not a cgroup v2 mount (BPF programs attach only to v2)")]
+    #[error(
+        "enforcement.cgroup_root {0:?} is not a cgroup v2 mount (BPF programs attach only to v2)"
+    )]
     NotV2(PathBuf),
     /// I/O on a cgroup path.
     #[error("cgroup {path:?}: {source}")]
@@ -41,7 +43,12 @@ pub(crate) fn statfs_magic(path: &Path) -> Option<i64> {
     let mut st: libc::statfs = unsafe_zeroed_statfs();
     // SAFETY: valid NUL-terminated path and an out-pointer to a statfs.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    (rc == 0).then_some(st.f_type as i64)
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type is not i64 on every architecture"
+    )]
+    let magic = st.f_type as i64;
+    (rc == 0).then_some(magic)
 }
 
 fn unsafe_zeroed_statfs() -> libc::statfs {
@@ -54,7 +61,11 @@ fn unsafe_zeroed_statfs() -> libc::statfs {
 pub fn detect_root(setting: &str) -> Result<PathBuf, CgroupError> {
     if setting != "auto" {
         let p = PathBuf::from(setting);
-        return if is_cgroup2(&p) { Ok(p) } else { Err(CgroupError::NotV2(p)) };
+        return if is_cgroup2(&p) {
+            Ok(p)
+        } else {
+            Err(CgroupError::NotV2(p))
+        };
     }
     for cand in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         let p = PathBuf::from(cand);
@@ -70,7 +81,10 @@ pub fn detect_root(setting: &str) -> Result<PathBuf, CgroupError> {
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| CgroupError::Io { path: path.to_owned(), source })
+        .map_err(|source| CgroupError::Io {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The cgroup the calling process runs in, as a path under `root`.
@@ -97,7 +111,11 @@ impl Glob {
         if pattern.starts_with('/') {
             return Err("must be relative to the cgroup root (no leading '/')".to_owned());
         }
-        let segs: Vec<String> = pattern.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let segs: Vec<String> = pattern
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
         if segs.iter().any(|s| s == "." || s == "..") {
             return Err("'.' and '..' are not allowed".to_owned());
         }
@@ -160,7 +178,9 @@ fn walk_into(dir: &Path, rel: &str, depth: usize, out: &mut Vec<Found>) {
     if depth >= MAX_DEPTH {
         return;
     }
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for ent in rd.flatten() {
         let Ok(ft) = ent.file_type() else { continue };
         if !ft.is_dir() {
@@ -168,14 +188,22 @@ fn walk_into(dir: &Path, rel: &str, depth: usize, out: &mut Vec<Found>) {
         }
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        let child_rel = if rel.is_empty() { name.to_owned() } else { format!("{rel}/{name}") };
+        let child_rel = if rel.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{rel}/{name}")
+        };
         let Ok(md) = ent.metadata() else { continue };
-        out.push(Found { rel: child_rel.clone(), id: md.ino() });
+        out.push(Found {
+            rel: child_rel.clone(),
+            id: md.ino(),
+        });
         walk_into(&ent.path(), &child_rel, depth + 1, out);
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

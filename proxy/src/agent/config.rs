@@ -152,18 +152,30 @@ impl Exempt {
                 _ => return Err(format!("bad prefix length {l:?} (0..={max})")),
             },
         };
-        Ok(Exempt { addr: mask(addr, prefix_len), prefix_len, port })
+        Ok(Exempt {
+            addr: mask(addr, prefix_len),
+            prefix_len,
+            port,
+        })
     }
 }
 
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
         IpAddr::V6(a) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
     }
@@ -172,12 +184,18 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
 impl EnforcementConfig {
     /// Parsed `dns_resolvers`, skipping invalid entries (see [`Self::validate`]).
     pub fn dns(&self) -> Vec<SocketAddr> {
-        self.dns_resolvers.iter().filter_map(|s| s.parse().ok()).collect()
+        self.dns_resolvers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
     }
 
     /// Parsed `exempt`, skipping invalid entries (see [`Self::validate`]).
     pub fn exemptions(&self) -> Vec<Exempt> {
-        self.exempt.iter().filter_map(|s| Exempt::parse(s).ok()).collect()
+        self.exempt
+            .iter()
+            .filter_map(|s| Exempt::parse(s).ok())
+            .collect()
     }
 
     /// Every problem in `enforcement`, each naming the key and the value.
@@ -190,7 +208,10 @@ impl EnforcementConfig {
             ));
         }
         if !self.bpffs.is_absolute() {
-            errs.push(format!("enforcement.bpffs: {:?} is not an absolute path", self.bpffs));
+            errs.push(format!(
+                "enforcement.bpffs: {:?} is not an absolute path",
+                self.bpffs
+            ));
         }
         if self.redirect_address.is_unspecified() {
             errs.push(format!(
@@ -254,14 +275,25 @@ impl EnforcementConfig {
 pub fn validate_apps(apps: &[AppRule]) -> Vec<String> {
     let mut errs = Vec::new();
     for (i, app) in apps.iter().enumerate() {
-        if app.id.is_empty() || !app.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            errs.push(format!("apps[{i}].id: {:?} must be non-empty [A-Za-z0-9._-]", app.id));
+        if app.id.is_empty()
+            || !app
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errs.push(format!(
+                "apps[{i}].id: {:?} must be non-empty [A-Za-z0-9._-]",
+                app.id
+            ));
         }
         if apps[..i].iter().any(|a| a.id == app.id) {
             errs.push(format!("apps[{i}].id: {:?} is used twice", app.id));
         }
         if app.cgroups.is_empty() {
-            errs.push(format!("apps[{i}].cgroups: empty; app {:?} would never be enforced", app.id));
+            errs.push(format!(
+                "apps[{i}].cgroups: empty; app {:?} would never be enforced",
+                app.id
+            ));
         }
         for (j, g) in app.cgroups.iter().enumerate() {
             if let Err(why) = super::cgroups::Glob::new(g) {
@@ -273,6 +305,7 @@ pub fn validate_apps(apps: &[AppRule]) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

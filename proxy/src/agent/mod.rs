@@ -134,8 +134,15 @@ pub enum AgentError {
     },
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
-    move |source| AgentError::Io { what, path: path.to_owned(), source }
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
+    move |source| AgentError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A denied socket kind, as in `airlock_denied_sockets_total{kind}`.
@@ -309,9 +316,12 @@ impl Agent {
         let connect4_id = programs
             .connect4
             .info()
-            .map_err(|source| AgentError::Program { name: progs::CONNECT4, source })?
+            .map_err(|source| AgentError::Program {
+                name: progs::CONNECT4,
+                source,
+            })?
             .id();
-        let counters = open_map(&bpffs, maps::COUNTERS, |m| PerCpuHashMap::try_from(m))?;
+        let counters = open_map(&bpffs, maps::COUNTERS, PerCpuHashMap::try_from)?;
         let origins = Origins::open(&bpffs)?;
         let identity = Arc::new(Identity::new(&root, apps)?);
 
@@ -321,7 +331,10 @@ impl Agent {
             redirect_port,
             identity,
             programs: Mutex::new(programs),
-            state: Mutex::new(State { attached: BTreeMap::new(), retired: StdHashMap::new() }),
+            state: Mutex::new(State {
+                attached: BTreeMap::new(),
+                retired: StdHashMap::new(),
+            }),
             counters: Mutex::new(counters),
             origins,
             connect4_id,
@@ -395,13 +408,23 @@ impl Agent {
 
         // DNS resolvers.
         let mut dns: HashMap<MapData, ClientKey, u8> =
-            open_map(bpffs, maps::DNS, |m| HashMap::try_from(m))?;
-        let want: Vec<ClientKey> = cfg.dns().into_iter().map(ClientKey::from_socket_addr).collect();
+            open_map(bpffs, maps::DNS, HashMap::try_from)?;
+        let want: Vec<ClientKey> = cfg
+            .dns()
+            .into_iter()
+            .map(ClientKey::from_socket_addr)
+            .collect();
         for key in &want {
-            dns.insert(key, 1, 0).map_err(|source| AgentError::Map { name: maps::DNS, source })?;
+            dns.insert(key, 1, 0).map_err(|source| AgentError::Map {
+                name: maps::DNS,
+                source,
+            })?;
         }
-        let stale: Vec<ClientKey> =
-            dns.keys().filter_map(Result::ok).filter(|k| !want.contains(k)).collect();
+        let stale: Vec<ClientKey> = dns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains(k))
+            .collect();
         for key in stale {
             let _ = dns.remove(&key);
         }
@@ -419,9 +442,9 @@ impl Agent {
             }
         }
         let mut ex4: LpmTrie<MapData, [u8; 4], ExemptPorts> =
-            open_map(bpffs, maps::EXEMPT4, |m| LpmTrie::try_from(m))?;
+            open_map(bpffs, maps::EXEMPT4, LpmTrie::try_from)?;
         let mut ex6: LpmTrie<MapData, [u8; 16], ExemptPorts> =
-            open_map(bpffs, maps::EXEMPT6, |m| LpmTrie::try_from(m))?;
+            open_map(bpffs, maps::EXEMPT6, LpmTrie::try_from)?;
         let mut want4 = Vec::new();
         let mut want6 = Vec::new();
         for ((addr, len), ports) in &by_prefix {
@@ -434,14 +457,18 @@ impl Agent {
             match addr {
                 IpAddr::V4(a) => {
                     let key = Key::new(u32::from(*len), a.octets());
-                    ex4.insert(&key, v, 0)
-                        .map_err(|source| AgentError::Map { name: maps::EXEMPT4, source })?;
+                    ex4.insert(&key, v, 0).map_err(|source| AgentError::Map {
+                        name: maps::EXEMPT4,
+                        source,
+                    })?;
                     want4.push((u32::from(*len), a.octets()));
                 }
                 IpAddr::V6(a) => {
                     let key = Key::new(u32::from(*len), a.octets());
-                    ex6.insert(&key, v, 0)
-                        .map_err(|source| AgentError::Map { name: maps::EXEMPT6, source })?;
+                    ex6.insert(&key, v, 0).map_err(|source| AgentError::Map {
+                        name: maps::EXEMPT6,
+                        source,
+                    })?;
                     want6.push((u32::from(*len), a.octets()));
                 }
             }
@@ -464,9 +491,11 @@ impl Agent {
         }
 
         // Config last: it flips the programs from "deny all" to enforcing.
-        let mut config: Array<MapData, Config> =
-            open_map(bpffs, maps::CONFIG, |m| Array::try_from(m))?;
-        config.set(0, k, 0).map_err(|source| AgentError::Map { name: maps::CONFIG, source })?;
+        let mut config: Array<MapData, Config> = open_map(bpffs, maps::CONFIG, Array::try_from)?;
+        config.set(0, k, 0).map_err(|source| AgentError::Map {
+            name: maps::CONFIG,
+            source,
+        })?;
         Ok(())
     }
 
@@ -486,13 +515,24 @@ impl Agent {
         let mut want: BTreeMap<u64, Attached> = BTreeMap::new();
         let mut matched_paths: Vec<String> = Vec::new();
         for f in &found {
-            let Some(app) = rules.matching(&f.rel) else { continue };
-            let covered = matched_paths.iter().any(|p| f.rel.starts_with(&format!("{p}/")));
+            let Some(app) = rules.matching(&f.rel) else {
+                continue;
+            };
+            let covered = matched_paths
+                .iter()
+                .any(|p| f.rel.starts_with(&format!("{p}/")));
             if covered {
                 continue;
             }
             matched_paths.push(f.rel.clone());
-            want.insert(f.id, Attached { path: f.rel.clone(), cgroup_id: f.id, app: app.clone() });
+            want.insert(
+                f.id,
+                Attached {
+                    path: f.rel.clone(),
+                    cgroup_id: f.id,
+                    app: app.clone(),
+                },
+            );
         }
 
         // Attach.
@@ -502,7 +542,9 @@ impl Agent {
                 Ok(true) => report.attached.push(a.path.clone()),
                 Ok(false) => {}
                 Err(e) => {
-                    report.errors.push(format!("cgroup {}: {}", a.path, error_chain(&e)));
+                    report
+                        .errors
+                        .push(format!("cgroup {}: {}", a.path, error_chain(&e)));
                     continue;
                 }
             }
@@ -554,10 +596,15 @@ impl Agent {
             }
             let fd = match &cg_fd {
                 Some(f) => f,
-                None => cg_fd.insert(fs::File::open(&cg_path).map_err(io_err("opening", &cg_path))?),
+                None => {
+                    cg_fd.insert(fs::File::open(&cg_path).map_err(io_err("opening", &cg_path))?)
+                }
             };
             let link = attach_one(&mut programs, name, fd)?;
-            link.pin(&pin).map_err(|source| AgentError::Pin { path: pin.clone(), source })?;
+            link.pin(&pin).map_err(|source| AgentError::Pin {
+                path: pin.clone(),
+                source,
+            })?;
             did = true;
         }
         Ok(did)
@@ -589,12 +636,18 @@ impl Agent {
                 *acc.denied.entry(*k).or_default() += v;
             }
         }
-        let by_id: StdHashMap<u64, AppId> =
-            state.attached.values().map(|a| (a.cgroup_id, a.app.clone())).collect();
+        let by_id: StdHashMap<u64, AppId> = state
+            .attached
+            .values()
+            .map(|a| (a.cgroup_id, a.app.clone()))
+            .collect();
         drop(state);
         let rows: Vec<(u64, Vec<Counters>)> = {
             let map = lock(&self.inner.counters);
-            map.iter().filter_map(Result::ok).map(|(k, v)| (k, v.iter().copied().collect())).collect()
+            map.iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k, v.iter().copied().collect()))
+                .collect()
         };
         for (id, per_cpu) in rows {
             let app = by_id
@@ -630,8 +683,7 @@ impl Agent {
                 // SAFETY: the logger owns its ring buffer fd, keeps it open
                 // and returns the same fd for as long as the AsyncFd lives.
                 unsafe { tokio::io::unix::AsyncFd::register(l) }.map_err(|e| e.to_string())
-            })
-        {
+            }) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(error = %e, "kernel log events will not be forwarded");
@@ -689,11 +741,21 @@ fn attach_one(
     let link: FdLink = match name {
         progs::SOCK_OPS => {
             let id = programs.sock_ops.attach(cgroup, mode).map_err(perr)?;
-            programs.sock_ops.take_link(id).map_err(perr)?.try_into().map_err(|source| AgentError::Link { name, source })?
+            programs
+                .sock_ops
+                .take_link(id)
+                .map_err(perr)?
+                .try_into()
+                .map_err(|source| AgentError::Link { name, source })?
         }
         progs::SOCK_CREATE => {
             let id = programs.sock_create.attach(cgroup, mode).map_err(perr)?;
-            programs.sock_create.take_link(id).map_err(perr)?.try_into().map_err(|source| AgentError::Link { name, source })?
+            programs
+                .sock_create
+                .take_link(id)
+                .map_err(perr)?
+                .try_into()
+                .map_err(|source| AgentError::Link { name, source })?
         }
         _ => {
             let p = match name {
@@ -704,7 +766,10 @@ fn attach_one(
                 _ => return Err(AgentError::Missing(name)),
             };
             let id = p.attach(cgroup, mode).map_err(perr)?;
-            p.take_link(id).map_err(perr)?.try_into().map_err(|source| AgentError::Link { name, source })?
+            p.take_link(id)
+                .map_err(perr)?
+                .try_into()
+                .map_err(|source| AgentError::Link { name, source })?
         }
     };
     Ok(link)
@@ -755,17 +820,26 @@ fn load_and_pin(bpffs: &Path) -> Result<(), AgentError> {
             progs::SOCK_OPS => {
                 let p: &mut SockOps = prog.try_into().map_err(perr)?;
                 p.load().map_err(perr)?;
-                p.pin(&path).map_err(|source| AgentError::Pin { path: path.clone(), source })?;
+                p.pin(&path).map_err(|source| AgentError::Pin {
+                    path: path.clone(),
+                    source,
+                })?;
             }
             progs::SOCK_CREATE => {
                 let p: &mut CgroupSock = prog.try_into().map_err(perr)?;
                 p.load().map_err(perr)?;
-                p.pin(&path).map_err(|source| AgentError::Pin { path: path.clone(), source })?;
+                p.pin(&path).map_err(|source| AgentError::Pin {
+                    path: path.clone(),
+                    source,
+                })?;
             }
             _ => {
                 let p: &mut CgroupSockAddr = prog.try_into().map_err(perr)?;
                 p.load().map_err(perr)?;
-                p.pin(&path).map_err(|source| AgentError::Pin { path: path.clone(), source })?;
+                p.pin(&path).map_err(|source| AgentError::Pin {
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
     }
@@ -782,13 +856,20 @@ fn open_programs(bpffs: &Path) -> Result<Programs, AgentError> {
         connect6: sa(progs::CONNECT6, CgroupSockAddrAttachType::Connect6)?,
         sendmsg4: sa(progs::SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4)?,
         sendmsg6: sa(progs::SENDMSG6, CgroupSockAddrAttachType::UDPSendMsg6)?,
-        sock_ops: SockOps::from_pin(prog_pin(bpffs, progs::SOCK_OPS))
-            .map_err(|source| AgentError::Program { name: progs::SOCK_OPS, source })?,
+        sock_ops: SockOps::from_pin(prog_pin(bpffs, progs::SOCK_OPS)).map_err(|source| {
+            AgentError::Program {
+                name: progs::SOCK_OPS,
+                source,
+            }
+        })?,
         sock_create: CgroupSock::from_pin(
             prog_pin(bpffs, progs::SOCK_CREATE),
             CgroupSockAttachType::SockCreate,
         )
-        .map_err(|source| AgentError::Program { name: progs::SOCK_CREATE, source })?,
+        .map_err(|source| AgentError::Program {
+            name: progs::SOCK_CREATE,
+            source,
+        })?,
     })
 }
 
@@ -831,7 +912,13 @@ fn ensure_bpffs(dir: &Path) -> Result<(), AgentError> {
     })?;
     // SAFETY: NUL-terminated strings that outlive the call.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
     };
     if rc != 0 {
         return Err(AgentError::Io {

@@ -18,7 +18,10 @@ use super::cgroups;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "privileged eBPF test: run as root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+    assert_eq!(
+        euid, 0,
+        "privileged eBPF test: run as root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+    );
 }
 
 /// A child cgroup `airlock-test-<name>-<pid>` under the detected v2 root.
@@ -51,7 +54,13 @@ impl CgroupGuard {
         let id = cgroups::cgroup_id(&path).map_err(io::Error::other)?;
         let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes())
             .map_err(io::Error::other)?;
-        Ok(CgroupGuard { root: root.to_owned(), rel, path, id, procs })
+        Ok(CgroupGuard {
+            root: root.to_owned(),
+            rel,
+            path,
+            id,
+            procs,
+        })
     }
 
     /// Absolute path.
@@ -158,7 +167,10 @@ fn kill_and_remove(path: &Path) {
             return;
         }
         if Instant::now() > deadline {
-            eprintln!("airlock testsupport: could not remove cgroup {}", path.display());
+            eprintln!(
+                "airlock testsupport: could not remove cgroup {}",
+                path.display()
+            );
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -181,7 +193,8 @@ pub struct BpffsGuard {
 impl BpffsGuard {
     /// Mounts it.
     pub fn new(name: &str) -> io::Result<BpffsGuard> {
-        let path = std::env::temp_dir().join(format!("airlock-bpffs-{name}-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("airlock-bpffs-{name}-{}", std::process::id()));
         if path.exists() {
             unmount(&path);
             let _ = std::fs::remove_dir(&path);
@@ -190,7 +203,13 @@ impl BpffsGuard {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
         // SAFETY: NUL-terminated strings that outlive the call.
         let rc = unsafe {
-            libc::mount(c"bpf".as_ptr(), c.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"bpf".as_ptr(),
+                c.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
             let e = io::Error::last_os_error();
@@ -246,7 +265,9 @@ pub mod raw {
         libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
             sin_zero: [0; 8],
         }
     }
