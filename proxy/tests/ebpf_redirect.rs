@@ -547,3 +547,37 @@ async fn new_app_cgroup_is_attached_within_a_second_and_removed_one_forgotten() 
     // The counts of the removed cgroup are kept.
     assert!(agent.counters().values().map(|c| c.redirected).sum::<u64>() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_in_its_own_netns_is_redirected_to_the_host_side() {
+    let mut w = World::new("pod");
+    let pod = agent::testsupport::NetnsPod::new("pod", (std::process::id() % 250) as u8).unwrap();
+    // Kubernetes shape: the proxy listens on the node side of the veth.
+    w.cfg.redirect_address = pod.host_ip.into();
+    let listener = TcpListener::bind((pod.host_ip, 0)).await.unwrap();
+    let agent = w.start(listener.local_addr().unwrap().port());
+    let mut proxy = serve(listener, agent.origins());
+
+    let mut cmd = pod.command(&w.cg, "curl");
+    cmd.args([
+        "-sS",
+        "-m",
+        "5",
+        "--noproxy",
+        "*",
+        "http://10.99.0.7:80/v1/chat/completions",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl in pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(body(&out), "stand-in");
+    let o = next_origin(&mut proxy).await;
+    assert_eq!(o.orig_dst, "10.99.0.7:80".parse::<SocketAddr>().unwrap());
+    assert_eq!(o.cgroup_id, w.cg.id());
+    assert_eq!(agent.identity().resolve(o.cgroup_id).unwrap().app.0, APP);
+}

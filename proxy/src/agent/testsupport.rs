@@ -293,6 +293,39 @@ pub mod raw {
         e
     }
 
+    /// TCP connect to `a`, then an abortive close (RST, `SO_LINGER` 0): no
+    /// TIME_WAIT, so long loops do not exhaust ephemeral ports. 0 or `errno`.
+    pub fn tcp_connect_reset(a: SocketAddrV4) -> i32 {
+        let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return -fd;
+        }
+        let sa = sockaddr4(a);
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: valid fd, option struct and sockaddr of the right lengths.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+            libc::connect(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        let e = if rc < 0 { errno() } else { 0 };
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        e
+    }
+
     /// Unconnected UDP `sendto` of one byte. 0 or `errno`.
     pub fn udp_sendto(a: SocketAddrV4) -> i32 {
         let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
@@ -352,5 +385,84 @@ pub mod raw {
     /// `127.0.0.1:port`.
     pub fn localhost(port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    }
+}
+
+/// A "pod": a network namespace joined to the host by a veth pair, with
+/// `host_ip` on the host side (where the proxy listens in Kubernetes) and
+/// `pod_ip` inside, default route via the host. Deleted in `Drop` (which
+/// also removes the veth pair). Uses `ip` from iproute2.
+#[derive(Debug)]
+pub struct NetnsPod {
+    name: String,
+    /// Host side of the veth pair.
+    pub host_ip: std::net::Ipv4Addr,
+    /// Pod side.
+    pub pod_ip: std::net::Ipv4Addr,
+}
+
+fn ip_cmd(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl NetnsPod {
+    /// Creates namespace `alt-<name>-<pid>` and the veth pair; `subnet` (0..=255)
+    /// picks `10.213.<subnet>.0/30` so parallel tests do not collide.
+    pub fn new(name: &str, subnet: u8) -> io::Result<NetnsPod> {
+        let pid = std::process::id();
+        let ns = format!("alt-{name}-{pid}");
+        // Interface names are limited to 15 bytes.
+        let host_if = format!("alh{:x}{subnet:02x}", pid & 0xffff);
+        let pod_if = format!("alp{:x}{subnet:02x}", pid & 0xffff);
+        let host_ip = std::net::Ipv4Addr::new(10, 213, subnet, 1);
+        let pod_ip = std::net::Ipv4Addr::new(10, 213, subnet, 2);
+        let _ = ip_cmd(&["netns", "del", &ns]);
+        let _ = ip_cmd(&["link", "del", &host_if]);
+        ip_cmd(&["netns", "add", &ns])?;
+        let pod = NetnsPod {
+            name: ns.clone(),
+            host_ip,
+            pod_ip,
+        };
+        let h = format!("{host_ip}/30");
+        let p = format!("{pod_ip}/30");
+        let hs = host_ip.to_string();
+        ip_cmd(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &ns,
+        ])?;
+        ip_cmd(&["addr", "add", &h, "dev", &host_if])?;
+        ip_cmd(&["link", "set", &host_if, "up"])?;
+        ip_cmd(&["-n", &ns, "addr", "add", &p, "dev", &pod_if])?;
+        ip_cmd(&["-n", &ns, "link", "set", &pod_if, "up"])?;
+        ip_cmd(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip_cmd(&["-n", &ns, "route", "add", "default", "via", &hs])?;
+        Ok(pod)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec <ns> <program>`, joining `cg` before exec.
+    pub fn command(&self, cg: &CgroupGuard, program: &str) -> Command {
+        let mut cmd = cg.command("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
+impl Drop for NetnsPod {
+    fn drop(&mut self) {
+        let _ = ip_cmd(&["netns", "del", &self.name]);
     }
 }
