@@ -187,21 +187,25 @@ fn is_dns(family: u16, addr: [u32; 4], port: u16) -> bool {
     unsafe { AL_DNS.get(&key) }.is_some()
 }
 
+/// TCP connect (IPv4): redirect to the proxy; UDP connect: DNS only.
 #[cgroup_sock_addr(connect4)]
 pub fn al_connect4(ctx: SockAddrContext) -> i32 {
     verdict(try_connect(&ctx, false))
 }
 
+/// TCP connect (IPv6): redirect to the proxy; UDP connect: DNS only.
 #[cgroup_sock_addr(connect6)]
 pub fn al_connect6(ctx: SockAddrContext) -> i32 {
     verdict(try_connect(&ctx, true))
 }
 
+/// Unconnected UDP send (IPv4): DNS resolvers only.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn al_sendmsg4(ctx: SockAddrContext) -> i32 {
     verdict(try_sendmsg(&ctx, false))
 }
 
+/// Unconnected UDP send (IPv6): DNS resolvers only.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn al_sendmsg6(ctx: SockAddrContext) -> i32 {
     verdict(try_sendmsg(&ctx, true))
@@ -287,7 +291,8 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
         count(cgroup_id, Kind::Proto);
         return Ok(DENY);
     }
-    if is_exempt(family, &addr, port) {
+    // DNS over TCP (truncated answers) goes to the same resolvers as UDP.
+    if is_exempt(family, &addr, port) || is_dns(family, addr, port) {
         return Ok(ALLOW);
     }
 
@@ -383,6 +388,7 @@ fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
     Ok(DENY)
 }
 
+/// Socket creation: no raw, packet or other non-TCP/UDP inet sockets.
 #[cgroup_sock(sock_create)]
 pub fn al_sock_create(ctx: SockContext) -> i32 {
     // SAFETY: family/type/protocol are readable in sock_create.
@@ -416,6 +422,8 @@ pub fn al_sock_create(ctx: SockContext) -> i32 {
     DENY
 }
 
+/// TCP events: re-key the origin by client address once established;
+/// drop the cookie record of connects that never establish.
 #[sock_ops]
 pub fn al_sockops(ctx: SockOpsContext) -> u32 {
     try_sock_ops(&ctx);

@@ -581,3 +581,29 @@ async fn pod_in_its_own_netns_is_redirected_to_the_host_side() {
     assert_eq!(o.cgroup_id, w.cg.id());
     assert_eq!(agent.identity().resolve(o.cgroup_id).unwrap().app.0, APP);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exempt_destinations_and_tcp_dns_pass_direct() {
+    let mut w = World::new("exempt");
+    w.cfg.exempt = vec!["127.0.0.83/32:18087".into()];
+    w.cfg.dns_resolvers = vec!["127.0.0.84:18088".into()];
+    let listener = bind_local().await;
+    let agent = w.start(listener.local_addr().unwrap().port());
+    let mut proxy = serve(listener, agent.origins());
+    let exempt = trap("127.0.0.83:18087").await;
+    let dns_tcp = trap("127.0.0.84:18088").await;
+    let other_port = trap("127.0.0.83:18089").await;
+
+    let (_, out) = curl(Some(&w.cg), &["http://127.0.0.83:18087/"]).await;
+    assert_eq!(body(&out), "trap");
+    let (_, out) = curl(Some(&w.cg), &["http://127.0.0.84:18088/"]).await;
+    assert_eq!(body(&out), "trap");
+    // Same address, another port: not exempt.
+    let (_, out) = curl(Some(&w.cg), &["http://127.0.0.83:18089/"]).await;
+    assert_eq!(body(&out), "stand-in");
+    assert_eq!(next_origin(&mut proxy).await.orig_dst.port(), 18089);
+    assert_eq!(
+        (exempt.hits(), dns_tcp.hits(), other_port.hits()),
+        (1, 1, 0)
+    );
+}
