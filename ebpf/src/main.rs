@@ -326,29 +326,23 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, Internal> {
 
     // SAFETY: user_ip4/user_ip6/user_port are writable in connect hooks; the
     // port is a 4-byte store of the network-order value.
-    // Volatile 4-byte stores: the context only accepts whole-field u32
-    // writes, never the byte-wise copy a plain array assignment becomes.
-    unsafe {
-        let sa = ctx.sock_addr;
-        if v6 {
-            let ip = if cfg.flags & CONFIG_HAS_V6 != 0 {
-                cfg.redirect_addr6
-            } else {
-                // An IPv6 socket reaches an IPv4 proxy through a v4-mapped
-                // address (fails closed with ENETUNREACH on IPV6_V6ONLY).
-                [0, 0, V4_MAPPED_WORD, cfg.redirect_addr4]
-            };
-            write_volatile(&raw mut (*sa).user_ip6[0], ip[0]);
-            write_volatile(&raw mut (*sa).user_ip6[1], ip[1]);
-            write_volatile(&raw mut (*sa).user_ip6[2], ip[2]);
-            write_volatile(&raw mut (*sa).user_ip6[3], ip[3]);
+    // No IPv4 redirect address (an IPv6-only proxy): an IPv4 destination has
+    // nowhere to go but around the proxy, so refuse it.
+    if cfg.redirect_addr4 == 0 && (!v6 || cfg.flags & CONFIG_HAS_V6 == 0) {
+        return Err(Internal);
+    }
+    let port_be = u32::from(cfg.redirect_port.to_be());
+    if v6 {
+        let ip = if cfg.flags & CONFIG_HAS_V6 != 0 {
+            cfg.redirect_addr6
         } else {
-            write_volatile(&raw mut (*sa).user_ip4, cfg.redirect_addr4);
-        }
-        write_volatile(
-            &raw mut (*sa).user_port,
-            u32::from(cfg.redirect_port.to_be()),
-        );
+            // An IPv6 socket reaches an IPv4 proxy through a v4-mapped
+            // address (fails closed with ENETUNREACH on IPV6_V6ONLY).
+            [0, 0, V4_MAPPED_WORD, cfg.redirect_addr4]
+        };
+        rewrite6(ctx, ip, port_be);
+    } else {
+        rewrite4(ctx, cfg.redirect_addr4, port_be);
     }
     count(cgroup_id, Kind::Redirected);
     Ok(ALLOW)
@@ -364,6 +358,34 @@ fn is_redirect_target(cfg: &Config, family: u16, addr: &[u32; 4], v6: bool) -> b
             && addr[1] == cfg.redirect_addr6[1]
             && addr[2] == cfg.redirect_addr6[2]
             && addr[3] == cfg.redirect_addr6[3]
+    }
+}
+
+// The context only accepts whole-field u32 stores at constant offsets: the
+// writes are volatile (no byte-wise array copy) and each family has its own
+// non-inlined function (LLVM would otherwise merge the two paths into one
+// store at a computed offset, which the verifier rejects).
+
+#[inline(never)]
+fn rewrite4(ctx: &SockAddrContext, ip: u32, port_be: u32) {
+    // SAFETY: user_ip4/user_port are writable in connect4.
+    unsafe {
+        let sa = ctx.sock_addr;
+        write_volatile(&raw mut (*sa).user_ip4, ip);
+        write_volatile(&raw mut (*sa).user_port, port_be);
+    }
+}
+
+#[inline(never)]
+fn rewrite6(ctx: &SockAddrContext, ip: [u32; 4], port_be: u32) {
+    // SAFETY: user_ip6/user_port are writable in connect6.
+    unsafe {
+        let sa = ctx.sock_addr;
+        write_volatile(&raw mut (*sa).user_ip6[0], ip[0]);
+        write_volatile(&raw mut (*sa).user_ip6[1], ip[1]);
+        write_volatile(&raw mut (*sa).user_ip6[2], ip[2]);
+        write_volatile(&raw mut (*sa).user_ip6[3], ip[3]);
+        write_volatile(&raw mut (*sa).user_port, port_be);
     }
 }
 

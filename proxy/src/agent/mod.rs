@@ -246,6 +246,8 @@ struct Inner {
     origins: Origins,
     connect4_id: u32,
     ready: AtomicBool,
+    /// One rescan at a time: two could both see a link pin missing.
+    sync_lock: Mutex<()>,
 }
 
 /// The running agent. Cheap to clone. Dropping it leaves everything pinned
@@ -339,6 +341,7 @@ impl Agent {
             origins,
             connect4_id,
             ready: AtomicBool::new(false),
+            sync_lock: Mutex::new(()),
         });
         let agent = Agent { inner };
         agent.write_kernel_config()?;
@@ -506,6 +509,7 @@ impl Agent {
     /// `bpf(2)` attach and pin calls.
     pub fn sync(&self) -> SyncReport {
         let inner = &self.inner;
+        let _one_at_a_time = lock(&inner.sync_lock);
         let bpffs = &inner.cfg.bpffs;
         let rules = inner.identity.rules();
         let mut report = SyncReport::default();
