@@ -7,9 +7,12 @@
 //! outcome. Around them: [`config`], [`state`], [`admin`] and [`server`].
 
 pub mod admin;
+pub mod agent;
 pub mod budget;
 pub mod config;
 pub mod decision_log;
+pub mod identity;
+pub mod intercept;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
