@@ -40,6 +40,19 @@ pub struct Config {
     /// How apps are identified when no eBPF record exists (explicit-proxy mode).
     #[serde(default)]
     pub explicit: ExplicitMode,
+    /// eBPF enforcement; absent means `mode: off` (explicit-proxy use).
+    #[serde(default = "enforcement_off")]
+    pub enforcement: crate::agent::config::EnforcementConfig,
+    /// App ids and the cgroups their processes run in.
+    #[serde(default)]
+    pub apps: Vec<crate::agent::config::AppRule>,
+}
+
+fn enforcement_off() -> crate::agent::config::EnforcementConfig {
+    crate::agent::config::EnforcementConfig {
+        mode: crate::agent::config::Mode::Off,
+        ..Default::default()
+    }
 }
 
 /// Data-plane listeners.
@@ -482,6 +495,26 @@ pub fn validate(c: &Config, file: &Path, base: &Path) -> Vec<ConfigError> {
                 format!("{h:?} is not a valid header name"),
             );
         }
+    }
+    if c.enforcement.mode == crate::agent::config::Mode::Ebpf {
+        for msg in c.enforcement.validate() {
+            e(String::new(), msg);
+        }
+        if c.enforcement.redirect_address.is_loopback()
+            && !c.listen.app_http.ip().is_loopback()
+            && !c.listen.app_http.ip().is_unspecified()
+        {
+            e(
+                "enforcement.redirect_address".into(),
+                format!(
+                    "{} is loopback but listen.app_http ({}) is not reachable there",
+                    c.enforcement.redirect_address, c.listen.app_http
+                ),
+            );
+        }
+    }
+    for msg in crate::agent::config::validate_apps(&c.apps) {
+        e(String::new(), msg);
     }
     if c.decision_log.path.trim().is_empty() {
         e(

@@ -7,6 +7,7 @@
 
 use crate::config::Provider;
 use crate::decision_log::{Decision, DecisionRecord, Latency};
+use crate::intercept::Origin;
 use crate::metrics::RequestLabels;
 use crate::pipeline::{self, BodyVerdict, RequestInfo, EARLY_BODY_LIMIT};
 use crate::respond::Refusal;
@@ -47,8 +48,17 @@ enum BodyMode {
     Late,
 }
 
+/// Who is on the other end of a redirected connection; found once per
+/// connection (the eBPF record is consumed) and carried across keep-alive.
+#[derive(Debug, Clone)]
+struct ConnIdentity {
+    origin: Origin,
+    app: String,
+}
+
 /// Per-request state.
 pub struct Ctx {
+    conn: Option<ConnIdentity>,
     started: Instant,
     timestamp: SystemTime,
     decision_id: String,
@@ -157,6 +167,44 @@ impl AirlockProxy {
         Ok(())
     }
 
+    /// Consume the eBPF origin record of this connection's peer and resolve the app.
+    /// No record means the client was not redirected: refused, never routed by its headers.
+    fn identify(
+        &self,
+        agent: &crate::agent::Agent,
+        session: &Session,
+    ) -> Result<ConnIdentity, Refusal> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .copied()
+            .ok_or_else(|| Refusal::deny(403, "no_origin_record", "client address unknown"))?;
+        let origin = match agent.origins().take(peer) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return Err(Refusal::deny(
+                    403,
+                    "no_origin_record",
+                    format!("connection from {peer} was not redirected by Airlock; refused"),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %peer, "origin lookup failed");
+                return Err(Refusal::error(
+                    403,
+                    "origin_lookup_failed",
+                    "could not establish the caller's identity; refused",
+                ));
+            }
+        };
+        let app = agent
+            .identity()
+            .resolve(origin.cgroup_id)
+            .map(|r| r.app.0)
+            .unwrap_or_else(|| "unknown".to_string());
+        Ok(ConnIdentity { origin, app })
+    }
+
     /// Read the whole (small) body before anything goes upstream.
     async fn read_early_body(&self, session: &mut Session, limit: usize) -> Result<Bytes, Refusal> {
         // pingora replays what request_filter read from this buffer to the upstream.
@@ -193,6 +241,7 @@ impl ProxyHttp for AirlockProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            conn: None,
             started: Instant::now(),
             timestamp: SystemTime::now(),
             decision_id: uuid::Uuid::now_v7().to_string(),
@@ -224,16 +273,6 @@ impl ProxyHttp for AirlockProxy {
             ctx.path = req.uri.path().to_string();
         }
 
-        // Identity (stage 4): explicit mode only for now.
-        if let Some(h) = &cfg.explicit.app_header {
-            if let Some(app) = header_str(session, h) {
-                let app = app.trim();
-                if !app.is_empty() && app.len() <= 128 {
-                    ctx.app = app.to_string();
-                }
-            }
-        }
-
         if has_conflicting_framing(session) {
             let r = Refusal::deny(
                 400,
@@ -243,11 +282,36 @@ impl ProxyHttp for AirlockProxy {
             return self.refuse(session, ctx, r).await;
         }
 
-        // Route (stage 5).
-        let host = header_str(session, "host")
-            .map(str::to_string)
-            .or_else(|| session.req_header().uri.host().map(str::to_string));
-        match state.router.by_host(host.as_deref()) {
+        // Identity and route (stages 3–5).
+        let routed = if let Some(agent) = &self.shared.agent {
+            // Redirected traffic: who and where come from the kernel, never from headers.
+            if ctx.conn.is_none() {
+                match self.identify(agent, session) {
+                    Ok(c) => ctx.conn = Some(c),
+                    Err(r) => return self.refuse(session, ctx, r).await,
+                }
+            }
+            let Some(c) = ctx.conn.as_ref() else {
+                let r = Refusal::error(500, "internal", "connection identity missing");
+                return self.refuse(session, ctx, r).await;
+            };
+            ctx.app = c.app.clone();
+            state.router.by_origin(c.origin.orig_dst)
+        } else {
+            if let Some(h) = &cfg.explicit.app_header {
+                if let Some(app) = header_str(session, h) {
+                    let app = app.trim();
+                    if !app.is_empty() && app.len() <= 128 {
+                        ctx.app = app.to_string();
+                    }
+                }
+            }
+            let host = header_str(session, "host")
+                .map(str::to_string)
+                .or_else(|| session.req_header().uri.host().map(str::to_string));
+            state.router.by_host(host.as_deref())
+        };
+        match routed {
             Ok(g) => ctx.gateway = Some(g),
             Err(e) => {
                 let reason = match e {
@@ -292,6 +356,27 @@ impl ProxyHttp for AirlockProxy {
             ctx.body_mode = BodyMode::Late;
         }
         Ok(false)
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        ctx.conn
+            .clone()
+            .map(|c| Box::new(c) as Box<dyn std::any::Any + Send + Sync>)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(c) = prev.downcast::<ConnIdentity>() {
+            ctx.conn = Some(*c);
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -483,9 +568,9 @@ impl ProxyHttp for AirlockProxy {
             decision_id: ctx.decision_id.clone(),
             timestamp: humantime::format_rfc3339_micros(ctx.timestamp).to_string(),
             app: ctx.app.clone(),
-            cgroup_id: None,
-            pid: None,
-            origin: None,
+            cgroup_id: ctx.conn.as_ref().map(|c| c.origin.cgroup_id),
+            pid: ctx.conn.as_ref().map(|c| c.origin.pid),
+            origin: ctx.conn.as_ref().map(|c| c.origin.orig_dst.to_string()),
             route: gateway,
             method: ctx.method.clone(),
             path: ctx.path.clone(),

@@ -7,11 +7,12 @@
 //! assumed).
 
 use crate::admin;
+use crate::agent::{config::Mode, Agent, AgentError};
 use crate::config::{self, ConfigErrors};
 use crate::decision_log::{DecisionLog, LogError};
 use crate::metrics::{Metrics, MetricsError};
 use crate::proxy::AirlockProxy;
-use crate::state::{Readiness, Shared, State, STEP_CONFIG, STEP_LISTENER};
+use crate::state::{Readiness, Shared, State, STEP_CONFIG, STEP_EBPF, STEP_LISTENER};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
@@ -42,6 +43,9 @@ pub enum StartError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// eBPF enforcement could not be set up.
+    #[error("enforcement: {}", crate::agent::error_chain(.0))]
+    Agent(#[from] AgentError),
     /// The app listener did not come up in time.
     #[error("app listener {0} did not start accepting connections")]
     ListenerTimeout(std::net::SocketAddr),
@@ -95,12 +99,23 @@ impl Airlock {
         let readiness = Readiness::default();
         readiness.require(STEP_CONFIG);
         readiness.require(STEP_LISTENER);
+        // Enforcement first: an app cgroup is pinned before the proxy listens,
+        // so its connects are refused (fail closed) rather than let through.
+        let agent = if cfg.enforcement.mode == Mode::Ebpf {
+            readiness.require(STEP_EBPF);
+            let a = Agent::start(&cfg.enforcement, &cfg.apps, cfg.listen.app_http.port())?;
+            readiness.set(STEP_EBPF, a.is_ready());
+            Some(a)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             metrics,
             log,
             readiness,
             last_reload_error: Mutex::new(None),
+            agent,
         });
         let rev = shared.state.load().revision.0.clone();
         shared.metrics.set_revision(&rev);
@@ -114,6 +129,7 @@ impl Airlock {
         })?;
         let (stop_admin, stop_admin_rx) = watch::channel(false);
         let admin_shared = shared.clone();
+        let agent = shared.agent.clone();
         let admin_thread = std::thread::Builder::new()
             .name("airlock-admin".into())
             .spawn(move || {
@@ -129,6 +145,8 @@ impl Airlock {
                     }
                 };
                 rt.block_on(async move {
+                    // Cgroup rescans and kernel log events run beside the admin plane.
+                    let _background = agent.as_ref().map(Agent::spawn);
                     match tokio::net::TcpListener::from_std(admin_listener) {
                         Ok(l) => {
                             if let Err(e) = admin::serve(l, admin_shared, stop_admin_rx).await {

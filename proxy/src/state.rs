@@ -83,6 +83,8 @@ impl Readiness {
 pub const STEP_CONFIG: &str = "config_loaded";
 /// Readiness step: the app listener accepts connections.
 pub const STEP_LISTENER: &str = "app_listener_bound";
+/// Readiness step: eBPF programs loaded and attached to the app cgroups.
+pub const STEP_EBPF: &str = "ebpf_attached";
 
 /// What lives for the whole process and is shared by the data and admin planes.
 pub struct Shared {
@@ -96,6 +98,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// The last reload error, shown on `/config`.
     pub last_reload_error: Mutex<Option<String>>,
+    /// The eBPF agent, when `enforcement.mode` is `ebpf`.
+    pub agent: Option<crate::agent::Agent>,
 }
 
 impl Shared {

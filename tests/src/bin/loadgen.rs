@@ -82,7 +82,13 @@ fn main() -> Result<()> {
     let mut kids = Kill(Vec::new());
     kids.0.push(
         Command::new(&mock_gateway)
-            .args(["--listen", &gw_addr.to_string(), "--quiet", "--no-record", "--pki-dir"])
+            .args([
+                "--listen",
+                &gw_addr.to_string(),
+                "--quiet",
+                "--no-record",
+                "--pki-dir",
+            ])
             .arg(&pki_dir)
             .stdout(Stdio::null())
             .spawn()
