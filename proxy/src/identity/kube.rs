@@ -183,10 +183,7 @@ impl IdentityConfig {
                 ));
             }
         }
-        if self.kubernetes
-            && self.opt_in.pod_label.is_none()
-            && self.opt_in.namespaces.is_empty()
-        {
+        if self.kubernetes && self.opt_in.pod_label.is_none() && self.opt_in.namespaces.is_empty() {
             errs.push(
                 "identity.opt_in: neither pod_label nor namespaces is set, so no pod would be \
                  pinned (hint: pod_label: \"airlock.dev/enforce=true\")"
@@ -288,7 +285,8 @@ impl LabelSelector {
         check_label_key(key)?;
         if let Some(v) = value {
             if !v.is_empty() {
-                check_label_name(v).map_err(|_| "value: letters, digits, '-', '_', '.', at most 63")?;
+                check_label_name(v)
+                    .map_err(|_| "value: letters, digits, '-', '_', '.', at most 63")?;
             }
         }
         Ok(LabelSelector {
@@ -742,8 +740,11 @@ impl KubeIdentity {
             .get(&namespace)
             .unwrap_or(&self.default_app_label);
         let app = labels.get(app_label).filter(|v| !v.is_empty()).cloned();
-        let pinned = self.opt_in_label.as_ref().is_some_and(|s| s.matches(labels))
-            || self.opt_in_namespaces.iter().any(|n| *n == namespace);
+        let pinned = self
+            .opt_in_label
+            .as_ref()
+            .is_some_and(|s| s.matches(labels))
+            || self.opt_in_namespaces.contains(&namespace);
         Some(PodEntry {
             namespace,
             name: meta.name.clone().unwrap_or_default(),
@@ -824,7 +825,10 @@ impl KubeIdentity {
         let api: Api<Pod> = Api::all(client);
         let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
         let mut stream = watcher::watcher(api, config)
-            .backoff(JitteredBackoff::new(Duration::from_millis(200), self.backoff_max))
+            .backoff(JitteredBackoff::new(
+                Duration::from_millis(200),
+                self.backoff_max,
+            ))
             .boxed();
         let mut pending: Option<PodMap> = None;
         while let Some(item) = stream.next().await {
@@ -863,7 +867,9 @@ struct JitteredBackoff {
 
 impl JitteredBackoff {
     fn new(min: Duration, max: Duration) -> Self {
-        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         Self {
             min,
             max: max.max(min),
@@ -999,7 +1005,10 @@ mod tests {
             kubernetes: true,
             ..IdentityConfig::default()
         };
-        assert!(c.validate().iter().any(|e| e.starts_with("identity.opt_in:")));
+        assert!(c
+            .validate()
+            .iter()
+            .any(|e| e.starts_with("identity.opt_in:")));
         assert!(IdentityConfig::default().validate().is_empty());
     }
 
@@ -1007,9 +1016,15 @@ mod tests {
     fn selectors() {
         let mut l = BTreeMap::new();
         l.insert("airlock.dev/enforce".to_string(), "true".to_string());
-        assert!(LabelSelector::parse("airlock.dev/enforce").unwrap().matches(&l));
-        assert!(LabelSelector::parse("airlock.dev/enforce=true").unwrap().matches(&l));
-        assert!(!LabelSelector::parse("airlock.dev/enforce=false").unwrap().matches(&l));
+        assert!(LabelSelector::parse("airlock.dev/enforce")
+            .unwrap()
+            .matches(&l));
+        assert!(LabelSelector::parse("airlock.dev/enforce=true")
+            .unwrap()
+            .matches(&l));
+        assert!(!LabelSelector::parse("airlock.dev/enforce=false")
+            .unwrap()
+            .matches(&l));
         assert!(LabelSelector::parse("a b=c").is_err());
     }
 
