@@ -331,7 +331,10 @@ fn load_deploy() -> (Manifests, BTreeSet<String>) {
 /// `deploy/config/airlock.yaml`, the agent's configuration in the cluster.
 fn agent_config() -> Value {
     let p = root().join("deploy/config/airlock.yaml");
-    let docs = yaml_docs(&std::fs::read_to_string(&p).unwrap(), "deploy/config/airlock.yaml");
+    let docs = yaml_docs(
+        &std::fs::read_to_string(&p).unwrap(),
+        "deploy/config/airlock.yaml",
+    );
     assert_eq!(docs.len(), 1);
     docs[0].clone()
 }
@@ -390,6 +393,13 @@ fn every_manifest_is_a_typed_object_listed_in_the_kustomization() {
         "deploy/kustomization.yaml resources vs YAML files in deploy/"
     );
     assert_eq!(k.namespace.as_deref(), Some("airlock-system"));
+    // `images:` retargets the DaemonSet's image by name.
+    let image = container(m.daemon_set()).image.clone().unwrap();
+    let image_name = image.split(':').next().unwrap();
+    assert!(
+        k.images.iter().any(|i| i["name"] == image_name),
+        "deploy/kustomization.yaml images: has no entry for {image_name}"
+    );
     assert!(k.resources.iter().any(|r| r == "../policies"));
     assert_eq!(m.namespaces.len(), 1);
     assert_eq!(m.service_accounts.len(), 1);
@@ -549,7 +559,14 @@ fn daemonset_has_what_ebpf_and_the_proxy_need() {
 
     // The selector matches the template.
     let sel = spec.selector.match_labels.as_ref().unwrap();
-    let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
     for (k, v) in sel {
         assert_eq!(labels.get(k), Some(v), "selector {k}");
     }
@@ -576,7 +593,10 @@ fn configmap_keys_match_the_generators_and_the_mount() {
     }
     assert_eq!(base.config_map_generator.len(), 1);
     assert_eq!(overlay.config_map_generator.len(), 1);
-    let (bg, og) = (&base.config_map_generator[0], &overlay.config_map_generator[0]);
+    let (bg, og) = (
+        &base.config_map_generator[0],
+        &overlay.config_map_generator[0],
+    );
     assert_eq!(bg.name, og.name);
     assert_eq!(og.behavior.as_deref(), Some("merge"));
 
@@ -656,10 +676,16 @@ fn configmap_keys_match_the_generators_and_the_mount() {
     );
     for (key, path) in &items {
         if key != "airlock.yaml" {
-            assert_eq!(path, &keys[key], "key {key} must land at its policies/ path");
+            assert_eq!(
+                path, &keys[key],
+                "key {key} must land at its policies/ path"
+            );
         }
     }
-    assert_eq!(items.get("airlock.yaml").map(String::as_str), Some("airlock.yaml"));
+    assert_eq!(
+        items.get("airlock.yaml").map(String::as_str),
+        Some("airlock.yaml")
+    );
 
     // The agent reads its config and policy from that mount.
     let args = c.args.as_ref().unwrap();
@@ -808,9 +834,16 @@ fn kubectl_kustomize_renders() {
     let vol = volume(ds, "/etc/airlock").config_map.as_ref().unwrap();
     assert_eq!(Some(&vol.name), cm.metadata.name.as_ref());
     for item in vol.items.as_ref().unwrap() {
-        assert!(data.contains_key(&item.key), "rendered ConfigMap lacks {}", item.key);
+        assert!(
+            data.contains_key(&item.key),
+            "rendered ConfigMap lacks {}",
+            item.key
+        );
     }
-    assert!(data["airlock.yaml"].contains("kubernetes: true"), "the cluster config won the merge");
+    assert!(
+        data["airlock.yaml"].contains("kubernetes: true"),
+        "the cluster config won the merge"
+    );
     for ns in [
         &cm.metadata.namespace,
         &ds.metadata.namespace,
