@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 const NODE: &str = "node-a";
 const UID_A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
@@ -54,6 +55,8 @@ struct ApiState {
     watchers: Vec<mpsc::UnboundedSender<String>>,
     /// Every request's path and query, for assertions.
     requests: Vec<String>,
+    /// When set, requests must carry `Authorization: Bearer <token>`.
+    token: Option<String>,
 }
 
 impl ApiState {
@@ -142,6 +145,11 @@ impl FakeApi {
     }
 
     async fn start(&self, addr: SocketAddr) -> Running {
+        self.start_with(addr, None).await
+    }
+
+    /// Serve on `addr`, over TLS when `tls` is given (as the in-cluster API server).
+    async fn start_with(&self, addr: SocketAddr, tls: Option<TlsAcceptor>) -> Running {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut tasks = JoinSet::new();
@@ -153,14 +161,23 @@ impl FakeApi {
                     continue;
                 };
                 let api = api.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| {
                         let api = api.clone();
                         async move { Ok::<_, Infallible>(api.handle(req)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(sock), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(sock), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(sock).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -172,6 +189,18 @@ impl FakeApi {
         let query = req.uri().query().unwrap_or("").to_string();
         let mut st = self.state.lock().unwrap();
         st.requests.push(format!("{path}?{query}"));
+        if let Some(token) = &st.token {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if auth != Some(format!("Bearer {token}").as_str()) {
+                return full(
+                    401,
+                    &json!({"kind": "Status", "code": 401, "message": "Unauthorized"}),
+                );
+            }
+        }
         if path != "/api/v1/pods" {
             return full(
                 404,
@@ -573,4 +602,68 @@ async fn api_server_going_away_keeps_the_last_map() {
 
     task.abort();
     server.stop().await;
+}
+
+/// A CA and a server certificate for 127.0.0.1, like a cluster's API server has.
+fn api_server_pki() -> (String, TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (ca.pem(), TlsAcceptor::from(Arc::new(server)))
+}
+
+#[tokio::test]
+async fn watches_over_tls_with_a_service_account_token() {
+    // What the agent gets in a pod: the API server's CA bundle and a token,
+    // both as files (kube re-reads them, so rotation is picked up).
+    let dir = std::env::temp_dir().join(format!("airlock-kube-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_pem, acceptor) = api_server_pki();
+    std::fs::write(dir.join("ca.crt"), ca_pem).unwrap();
+    std::fs::write(dir.join("token"), "s3cret-token").unwrap();
+
+    let api = FakeApi::new();
+    api.state.lock().unwrap().token = Some("s3cret-token".into());
+    seed(&api);
+    let server = api
+        .start_with("127.0.0.1:0".parse().unwrap(), Some(acceptor))
+        .await;
+
+    let mut cfg = kube::Config::new(format!("https://{}", server.addr).parse().unwrap());
+    cfg.root_cert_file = Some(dir.join("ca.crt"));
+    cfg.auth_info.token_file = Some(dir.join("token").to_string_lossy().into_owned());
+    let client = kube::Client::try_from(cfg).unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = KubeMetrics::register(&registry).unwrap();
+    let id = Arc::new(KubeIdentity::new(&config(), NODE.to_string(), metrics).unwrap());
+    let runner = Arc::clone(&id);
+    let task = tokio::spawn(async move { runner.run(client).await });
+
+    eventually("first list over TLS", || id.synced()).await;
+    assert_eq!(
+        app_of(&id, &systemd("burstable", UID_A)).as_deref(),
+        Some("chat")
+    );
+    assert_eq!(id.metrics().watch_errors(), 0);
+
+    task.abort();
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
