@@ -538,6 +538,17 @@ fn daemonset_has_what_ebpf_and_the_proxy_need() {
         ("/healthz".into(), admin)
     );
 
+    // In a cluster, identity comes from eBPF and the pod watcher only: never
+    // from a header the client chooses.
+    assert!(
+        cfg.get("explicit")
+            .and_then(|e| e.get("app_header"))
+            .is_none(),
+        "deploy/config/airlock.yaml must not set explicit.app_header"
+    );
+    assert_eq!(cfg["enforcement"]["mode"].as_str(), Some("ebpf"));
+    assert_eq!(cfg["identity"]["kubernetes"].as_bool(), Some(true));
+
     // The grace period covers the proxy's drain.
     let drain = cfg["proxy"]["drain_seconds"].as_i64().unwrap();
     let grace = pod.termination_grace_period_seconds.unwrap();
