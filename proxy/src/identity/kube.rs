@@ -31,6 +31,22 @@
 //! ([`KubeIdentity::pinned`]). Every other pod is left alone. A connection
 //! whose pod cannot be named is handled as `identity.unknown_pod` says
 //! (default: deny).
+//!
+//! Wiring, in the agent (start-up, then per connection):
+//!
+//! ```text
+//! let node    = cfg.identity.node_name()?;                       // NODE_NAME
+//! let metrics = KubeMetrics::register(registry)?;
+//! let pods    = Arc::new(KubeIdentity::new(&cfg.identity, node, metrics)?);
+//! let client  = kube::default_client().await?;                   // service account
+//! tokio::spawn({ let p = pods.clone(); async move { p.run(client).await } });
+//! readiness: wait for pods.synced()
+//! attach:    on pods.changes(), attach to the existing one of p.cgroup_paths
+//!            for each p in pods.pinned(); detach from the rest
+//! connect:   cgroup id → path below the root → pods.lookup(path):
+//!            Pod(id) → app id.app, record id.namespace and id.service_account;
+//!            Unlabelled | UnknownPod → pods.unknown_pod() (deny by default)
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
