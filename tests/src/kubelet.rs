@@ -7,7 +7,7 @@
 //! (`airlock.yaml -> ..data/airlock.yaml`, `data -> ..data/data` for items
 //! with a directory). The old directory is then removed. A watcher that reacts
 //! to writes of the files themselves sees nothing; one that watches the
-//! directory sees the `..data` rename. [`ConfigMapVolume::update`] reproduces
+//! directory sees the `..data` rename. `ConfigMapVolume::update` reproduces
 //! that sequence, so the agent's hot reload can be tested against it.
 
 use std::io;
