@@ -7,12 +7,20 @@
 //! outcome. Around them: [`config`], [`state`], [`admin`] and [`server`].
 
 pub mod admin;
+pub mod agent;
+pub mod budget;
 pub mod config;
 pub mod decision_log;
+pub mod identity;
+pub mod intercept;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod tokens;
+pub mod usage;

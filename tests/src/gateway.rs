@@ -66,6 +66,8 @@ impl Received {
 pub struct GatewayOpts {
     /// Require a client certificate signed by this CA (mTLS).
     pub client_ca: Option<std::path::PathBuf>,
+    /// Do not keep requests (benchmarks: memory would grow without bound).
+    pub no_record: bool,
 }
 
 /// A running mock gateway (its own thread and runtime); stops on drop.
@@ -95,6 +97,7 @@ impl MockGateway {
         let connections = Arc::new(AtomicU64::new(0));
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
         let (rec, conns) = (received.clone(), connections.clone());
+        let record = !opts.no_record;
         let thread = std::thread::Builder::new()
             .name("mock-gateway".into())
             .spawn(move || {
@@ -128,7 +131,7 @@ impl MockGateway {
                             let sni = sess.server_name().map(str::to_string);
                             let client_cert = sess.peer_certificates().is_some();
                             let svc = service_fn(move |req| {
-                                handle(req, rec.clone(), n, sni.clone(), client_cert)
+                                handle(req, rec.clone(), record, n, sni.clone(), client_cert)
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(tls), svc)
@@ -218,6 +221,7 @@ const REPLY_WORDS: &[&str] = &["Hello", " from", " the", " mock", " gateway", ".
 async fn handle(
     req: Request<Incoming>,
     rec: Arc<Mutex<Vec<Received>>>,
+    record: bool,
     connection: u64,
     sni: Option<String>,
     client_cert: bool,
@@ -242,7 +246,7 @@ async fn handle(
         Ok(b) => b.to_bytes().to_vec(),
         Err(_) => return Ok(plain(StatusCode::BAD_REQUEST, "body read failed")),
     };
-    if let Ok(mut r) = rec.lock() {
+    if let Some(mut r) = rec.lock().ok().filter(|_| record) {
         r.push(Received {
             connection,
             sni,

@@ -56,6 +56,7 @@ impl Env {
             &pki.server_key,
             GatewayOpts {
                 client_ca: o.gateway_mtls.then(|| pki.client_ca_pem.clone()),
+                no_record: false,
             },
         )
         .expect("mock gateway");

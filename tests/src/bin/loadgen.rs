@@ -72,6 +72,8 @@ fn main() -> Result<()> {
         prompt_bytes,
     } = Cli::parse().cmd;
     std::fs::create_dir_all(&work_dir)?;
+    // Config files name the CA by path: make it absolute.
+    let work_dir = work_dir.canonicalize()?;
     let pki_dir = work_dir.join("pki");
     let _ = std::fs::remove_dir_all(&pki_dir);
     let pki = Pki::create(&pki_dir, &["api.openai.com"])?;
@@ -80,7 +82,7 @@ fn main() -> Result<()> {
     let mut kids = Kill(Vec::new());
     kids.0.push(
         Command::new(&mock_gateway)
-            .args(["--listen", &gw_addr.to_string(), "--quiet", "--pki-dir"])
+            .args(["--listen", &gw_addr.to_string(), "--quiet", "--no-record", "--pki-dir"])
             .arg(&pki_dir)
             .stdout(Stdio::null())
             .spawn()

@@ -29,6 +29,9 @@ struct Args {
     /// Do not print received requests.
     #[arg(long)]
     quiet: bool,
+    /// Keep no copy of request bodies (long benchmark runs).
+    #[arg(long)]
+    no_record: bool,
     /// Require client certificates signed by the generated client CA.
     #[arg(long)]
     mtls: bool,
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     };
     let opts = GatewayOpts {
         client_ca: a.mtls.then(|| pki.client_ca_pem.clone()),
+        no_record: a.no_record,
     };
     let gw = MockGateway::start(a.listen, &pki.server_cert, &pki.server_key, opts)?;
     eprintln!(
