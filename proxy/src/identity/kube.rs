@@ -398,7 +398,7 @@ pub struct PinnedPod {
     pub pod: String,
     /// UID in the cgroup name.
     pub uid: String,
-    /// `[cgroupfs, systemd]` forms; `None` until the kubelet reported the QoS class.
+    /// `[cgroupfs, systemd]` forms; `None` while the pod status carries no QoS class.
     pub cgroup_paths: Option<[String; 2]>,
 }
 
