@@ -5,6 +5,10 @@
 //! nested below a matching one (a container inside a pod) belongs to the
 //! nearest matching ancestor. Results are cached; a miss walks the cgroup
 //! tree once (rate-limited), so call it off the hot path's inner loop.
+//!
+//! On Kubernetes, [`kube`] names apps from the pods of this node instead.
+
+pub mod kube;
 
 use std::{
     collections::HashMap,

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod kubelet;
 pub mod pki;
 
 use std::net::{SocketAddr, TcpListener};
