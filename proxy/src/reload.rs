@@ -548,6 +548,14 @@ mod tests {
     }
 
     #[test]
+    fn state_is_shareable_across_workers() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PolicyState>();
+        send_sync::<crate::budget::Budgets>();
+        send_sync::<crate::budget::Ticket>();
+    }
+
+    #[test]
     fn policy_state_build_and_reject() {
         let tmp = tempfile::tempdir().unwrap();
         copy_policies(tmp.path());
