@@ -270,9 +270,11 @@ impl PolicyInput {
 
     fn to_value_with(&self, k: &InputKeys) -> Value {
         let s = |x: &str| Value::from(x);
+        // Only findings that occurred: the policy can rely on count >= 1.
         let findings: Vec<Value> = self
             .findings
             .iter()
+            .filter(|f| f.count > 0)
             .map(|f| {
                 obj([
                     (&k.kind, s(&f.kind)),
@@ -764,6 +766,10 @@ fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> 
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut value = value;
+        if stem == "apps" {
+            normalize_apps(&mut value);
+        }
         if let Some(prev) = files.get(&stem) {
             return Err(data_err(format!(
                 "data key {stem:?} is also defined by {prev:?}"
@@ -773,6 +779,43 @@ fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> 
         files.insert(stem, path);
     }
     Ok((values, files))
+}
+
+/// Fill in what `apps.yaml` may leave out, so the policy reads every field
+/// without `object.get` (each builtin call costs ~3k VM instructions): every
+/// app gets `mode: enforce`, `models: []`, `redaction: {}`, and its
+/// `blocked_findings` become the union of `defaults.blocked_findings` and its
+/// own. Entries of the wrong shape are left for validation to report.
+fn normalize_apps(v: &mut serde_json::Value) {
+    use serde_json::{json, Value as J};
+    let Some(root) = v.as_object_mut() else {
+        return;
+    };
+    let defaults: Vec<J> = root
+        .get("defaults")
+        .and_then(|d| d.get("blocked_findings"))
+        .and_then(J::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let Some(apps) = root.get_mut("apps").and_then(J::as_object_mut) else {
+        return;
+    };
+    for entry in apps.values_mut() {
+        let Some(e) = entry.as_object_mut() else {
+            continue;
+        };
+        e.entry("mode").or_insert_with(|| json!("enforce"));
+        e.entry("models").or_insert_with(|| json!([]));
+        e.entry("redaction").or_insert_with(|| json!({}));
+        let own = e.entry("blocked_findings").or_insert_with(|| json!([]));
+        if let Some(list) = own.as_array_mut() {
+            for t in &defaults {
+                if !list.contains(t) {
+                    list.push(t.clone());
+                }
+            }
+        }
+    }
 }
 
 /// `apps.yaml` as the default policy reads it.
