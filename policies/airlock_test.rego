@@ -80,9 +80,16 @@ test_unknown_app_denied_even_if_data_changes if {
 	not d.allow
 }
 
-test_app_blocked_finding_without_defaults if {
-	apps := {"apps": {"x": {"models": [], "blocked_findings": ["ssn"]}}}
+test_app_blocked_finding_with_mocked_data if {
+	# A test that replaces data.apps gives entries as the loader serves them:
+	# every field present, defaults already merged into blocked_findings.
+	apps := {"apps": {"x": {"mode": "enforce", "models": [], "blocked_findings": ["ssn"], "redaction": {}}}}
 	d := airlock.decision with input as with_finding(req("x", "any"), "ssn", "mask") with data.apps as apps
 	not d.allow
 	"finding_blocked:ssn" in d.reasons
+}
+
+test_default_blocked_types_merged_into_app if {
+	"private_key" in data.apps.apps["support-bot"].blocked_findings
+	"credit_card" in data.apps.apps["support-bot"].blocked_findings
 }

@@ -268,26 +268,86 @@ impl PolicyInput {
         INPUT_KEYS.with(|k| self.to_value_with(k))
     }
 
-    fn to_value_with(&self, k: &InputKeys) -> Value {
-        let s = |x: &str| Value::from(x);
+    /// Overwrite a document built by [`Self::to_value`] with this input,
+    /// reusing its objects and any string that did not change (consecutive
+    /// requests on a worker mostly share app, route and model). False when
+    /// the document does not have the expected shape; the caller rebuilds.
+    fn update_value(&self, doc: &mut Value) -> bool {
+        INPUT_KEYS.with(|k| self.update_with(doc, k).is_some())
+    }
+
+    fn update_with(&self, doc: &mut Value, k: &InputKeys) -> Option<()> {
+        fn field<'a>(obj: &'a mut Value, key: &Value) -> Option<&'a mut Value> {
+            obj.as_object_mut().ok()?.get_mut(key)
+        }
+        fn set_str(slot: &mut Value, s: &str) {
+            if !matches!(slot, Value::String(cur) if **cur == *s) {
+                *slot = Value::from(s);
+            }
+        }
+        let app = field(doc, &k.app)?;
+        set_str(field(app, &k.id)?, &self.app.id);
+        *field(app, &k.cgroup_id)? = Value::from(self.app.cgroup_id);
+        *field(app, &k.pid)? = self.app.pid.map_or(Value::Null, Value::from);
+        let dst = field(doc, &k.destination)?;
+        set_str(field(dst, &k.origin)?, &self.destination.origin);
+        set_str(field(dst, &k.gateway)?, &self.destination.gateway);
+        set_str(field(dst, &k.provider)?, &self.destination.provider);
+        let req = field(doc, &k.request)?;
+        set_str(field(req, &k.method)?, &self.request.method);
+        set_str(field(req, &k.path)?, &self.request.path);
+        set_str(field(req, &k.model)?, &self.request.model);
+        *field(req, &k.stream)? = Value::from(self.request.stream);
+        let tok = field(doc, &k.tokens)?;
+        *field(tok, &k.prompt)? = Value::from(self.tokens.prompt);
+        set_str(field(tok, &k.source)?, &self.tokens.source);
+        *field(tok, &k.max_output)? = Value::from(self.tokens.max_output);
+        *field(doc, &k.findings)? = self.findings_value(k);
+        let budget = field(doc, &k.budget)?;
+        *field(budget, &k.remaining)? = self.remaining_value();
+        *field(budget, &k.soft_exceeded)? = self.soft_value();
+        Some(())
+    }
+
+    fn findings_value(&self, k: &InputKeys) -> Value {
+        // Only findings that occurred: the policy can rely on count >= 1.
         let findings: Vec<Value> = self
             .findings
             .iter()
+            .filter(|f| f.count > 0)
             .map(|f| {
                 obj([
-                    (&k.kind, s(&f.kind)),
-                    (&k.action, s(&f.action)),
+                    (&k.kind, Value::from(f.kind.as_str())),
+                    (&k.action, Value::from(f.action.as_str())),
                     (&k.count, Value::from(f.count)),
                 ])
             })
             .collect();
-        let remaining: BTreeMap<Value, Value> = self
-            .budget
-            .remaining
-            .iter()
-            .map(|(name, v)| (s(name), Value::from(*v)))
-            .collect();
-        let soft: Vec<Value> = self.budget.soft_exceeded.iter().map(|b| s(b)).collect();
+        Value::from(findings)
+    }
+
+    fn remaining_value(&self) -> Value {
+        Value::from(
+            self.budget
+                .remaining
+                .iter()
+                .map(|(name, v)| (Value::from(name.as_str()), Value::from(*v)))
+                .collect::<BTreeMap<Value, Value>>(),
+        )
+    }
+
+    fn soft_value(&self) -> Value {
+        Value::from(
+            self.budget
+                .soft_exceeded
+                .iter()
+                .map(|b| Value::from(b.as_str()))
+                .collect::<Vec<Value>>(),
+        )
+    }
+
+    fn to_value_with(&self, k: &InputKeys) -> Value {
+        let s = |x: &str| Value::from(x);
         obj([
             (
                 &k.app,
@@ -322,12 +382,12 @@ impl PolicyInput {
                     (&k.max_output, Value::from(self.tokens.max_output)),
                 ]),
             ),
-            (&k.findings, Value::from(findings)),
+            (&k.findings, self.findings_value(k)),
             (
                 &k.budget,
                 obj([
-                    (&k.remaining, Value::from(remaining)),
-                    (&k.soft_exceeded, Value::from(soft)),
+                    (&k.remaining, self.remaining_value()),
+                    (&k.soft_exceeded, self.soft_value()),
                 ]),
             ),
         ])
@@ -456,9 +516,16 @@ impl std::fmt::Debug for PolicyBundle {
     }
 }
 
+/// A worker thread's evaluator: its VM, the bundle it was built from, and
+/// the last input document, kept to be updated in place.
+struct Worker {
+    bundle: u64,
+    vm: RegoVM,
+    input: Option<Value>,
+}
+
 thread_local! {
-    // One VM per worker thread, tagged with the bundle it was built from.
-    static WORKER_VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
 }
 
 impl PolicyBundle {
@@ -574,16 +641,35 @@ impl PolicyBundle {
     /// beyond the input document. Never panics; an error means "deny" to
     /// the caller (fail closed).
     pub fn decide(&self, input: &PolicyInput) -> Result<PolicyDecision, PolicyError> {
-        WORKER_VM.with(|cell| {
+        WORKER.with(|cell| {
             let mut slot = cell.try_borrow_mut().map_err(|e| self.eval_err(&e))?;
-            let stale = !matches!(slot.as_ref(), Some((id, _)) if *id == self.id);
-            if stale {
-                *slot = Some((self.id, self.new_vm()?));
-            }
-            match slot.as_mut() {
-                Some((_, vm)) => self.eval_on(vm, input),
-                None => Err(self.eval_err(&"worker vm missing")),
-            }
+            let w = match slot.as_mut() {
+                Some(w) if w.bundle == self.id => w,
+                _ => slot.insert(Worker {
+                    bundle: self.id,
+                    vm: self.new_vm()?,
+                    input: None,
+                }),
+            };
+            // Drop the VM's reference first, so the update below mutates
+            // the document in place instead of copying it.
+            w.vm.set_input(Value::Null);
+            let doc = match w.input.take() {
+                Some(mut doc) => {
+                    if input.update_value(&mut doc) {
+                        doc
+                    } else {
+                        input.to_value()
+                    }
+                }
+                None => input.to_value(),
+            };
+            w.vm.set_input(doc.clone());
+            w.input = Some(doc);
+            let out =
+                w.vm.execute_entry_point_by_name(&self.entrypoint)
+                    .map_err(|e| self.eval_err(&e))?;
+            self.parse_decision(&out)
         })
     }
 
@@ -764,6 +850,10 @@ fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> 
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut value = value;
+        if stem == "apps" {
+            normalize_apps(&mut value);
+        }
         if let Some(prev) = files.get(&stem) {
             return Err(data_err(format!(
                 "data key {stem:?} is also defined by {prev:?}"
@@ -773,6 +863,43 @@ fn load_data(dir: &Path, hasher: &mut Sha256) -> Result<DataFiles, PolicyError> 
         files.insert(stem, path);
     }
     Ok((values, files))
+}
+
+/// Fill in what `apps.yaml` may leave out, so the policy reads every field
+/// without `object.get` (each builtin call costs ~3k VM instructions): every
+/// app gets `mode: enforce`, `models: []`, `redaction: {}`, and its
+/// `blocked_findings` become the union of `defaults.blocked_findings` and its
+/// own. Entries of the wrong shape are left for validation to report.
+fn normalize_apps(v: &mut serde_json::Value) {
+    use serde_json::{json, Value as J};
+    let Some(root) = v.as_object_mut() else {
+        return;
+    };
+    let defaults: Vec<J> = root
+        .get("defaults")
+        .and_then(|d| d.get("blocked_findings"))
+        .and_then(J::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let Some(apps) = root.get_mut("apps").and_then(J::as_object_mut) else {
+        return;
+    };
+    for entry in apps.values_mut() {
+        let Some(e) = entry.as_object_mut() else {
+            continue;
+        };
+        e.entry("mode").or_insert_with(|| json!("enforce"));
+        e.entry("models").or_insert_with(|| json!([]));
+        e.entry("redaction").or_insert_with(|| json!({}));
+        let own = e.entry("blocked_findings").or_insert_with(|| json!([]));
+        if let Some(list) = own.as_array_mut() {
+            for t in &defaults {
+                if !list.contains(t) {
+                    list.push(t.clone());
+                }
+            }
+        }
+    }
 }
 
 /// `apps.yaml` as the default policy reads it.
@@ -1074,6 +1201,29 @@ mod tests {
         assert_eq!(i.to_value(), via_serde);
         i.app.pid = None;
         assert_eq!(i.to_value(), Value::from(serde_json::to_value(&i).unwrap()));
+        // In-place update from another input gives the same document.
+        let mut doc = input("other", "x").to_value();
+        let shared = doc.clone(); // a reference still held elsewhere must not change
+        assert!(i.update_value(&mut doc));
+        assert_eq!(doc, i.to_value());
+        assert_eq!(shared, input("other", "x").to_value());
+    }
+
+    #[test]
+    fn consecutive_decisions_on_one_worker_do_not_leak_state() {
+        let b = PolicyBundle::load(&policies()).unwrap();
+        let mut blocked = input("support-bot", "gpt-4o");
+        blocked.findings.push(InputFinding {
+            kind: "credit_card".into(),
+            action: "mask".into(),
+            count: 1,
+        });
+        let ok = input("support-bot", "gpt-4o");
+        for _ in 0..3 {
+            assert!(!b.decide(&blocked).unwrap().allow);
+            assert!(b.decide(&ok).unwrap().allow);
+            assert!(!b.decide(&input("nobody", "gpt-4o")).unwrap().allow);
+        }
     }
 
     #[test]

@@ -512,6 +512,30 @@ mod tests {
         assert_eq!(state.lock().unwrap().reports.len(), n);
     }
 
+    #[test]
+    fn configmap_flip_in_a_watched_policy_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        kube_flip(&root, "2026_01_01_v1", "20");
+        let state = Arc::new(Mutex::new(Swapped {
+            current: 20,
+            ..Default::default()
+        }));
+        let spec = ReloadConfig {
+            watch: true,
+            debounce_ms: 100,
+        }
+        .spec(None, root.clone());
+        let _r = Reloader::spawn(spec, build_from(root.clone()), reporter(state.clone())).unwrap();
+        kube_flip(&root, "2026_01_01_v2", "21");
+        wait_until("flip seen", || state.lock().unwrap().current == 21);
+        kube_flip(&root, "2026_01_01_v3", "x");
+        wait_until("bad flip reported", || {
+            !state.lock().unwrap().errors.is_empty()
+        });
+        assert_eq!(state.lock().unwrap().current, 21);
+    }
+
     fn copy_policies(to: &Path) {
         let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"));
         std::fs::create_dir_all(to.join("data")).unwrap();
@@ -521,6 +545,14 @@ mod tests {
         for f in ["apps.yaml", "budgets.yaml", "prices.yaml"] {
             std::fs::copy(src.join("data").join(f), to.join("data").join(f)).unwrap();
         }
+    }
+
+    #[test]
+    fn state_is_shareable_across_workers() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PolicyState>();
+        send_sync::<crate::budget::Budgets>();
+        send_sync::<crate::budget::Ticket>();
     }
 
     #[test]

@@ -500,6 +500,52 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_and_pass_through() {
+        // Deterministic pseudo-random streams built from SSE-ish fragments.
+        let parts: [&[u8]; 9] = [
+            b"data: ",
+            b"{\"usage\":{\"prompt_tokens\":1}}",
+            b"\n",
+            b"\r\n",
+            b"\n\n",
+            b"{\"choices\":[],",
+            b"\xff\xfe",
+            b"event: message_delta\n",
+            b"usage",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..500 {
+            let mut stream = Vec::new();
+            for _ in 0..(next() % 40) {
+                stream.extend_from_slice(parts[(next() % parts.len() as u64) as usize]);
+            }
+            for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+                let mut r = SseUsage::new(dialect, false);
+                let mut out = Vec::new();
+                let mut rest = stream.as_slice();
+                while !rest.is_empty() {
+                    let n = 1 + (next() as usize % rest.len());
+                    r.feed(&rest[..n], &mut out);
+                    rest = &rest[n..];
+                }
+                r.finish(&mut out);
+                assert_eq!(out, stream);
+                let mut s = SseUsage::new(dialect, true);
+                let mut out = Vec::new();
+                s.feed(&stream, &mut out);
+                s.finish(&mut out);
+                assert!(out.len() <= stream.len());
+            }
+        }
+    }
+
+    #[test]
     fn responses_api_completed_event() {
         let s = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":3}}}\n\n";
         let (_, r) = run(Dialect::OpenAi, false, s, 5);
