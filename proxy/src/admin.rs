@@ -33,11 +33,16 @@ pub fn handle(shared: &Shared, method: &Method, path: &str) -> Response<Full<Byt
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
     match path {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render(),
-        ),
+        "/metrics" => {
+            let mut text = shared.metrics.render();
+            let counters = shared
+                .agent
+                .as_ref()
+                .map(|a| a.counters())
+                .unwrap_or_default();
+            text.push_str(&crate::metrics::render_kernel_counters(&counters));
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
             let pending = shared.readiness.pending();

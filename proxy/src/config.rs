@@ -46,6 +46,18 @@ pub struct Config {
     /// App ids and the cgroups their processes run in.
     #[serde(default)]
     pub apps: Vec<crate::agent::config::AppRule>,
+    /// Rego policy; absent means no policy stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyConfig>,
+    /// Per-app budgets; absent means no budget stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<crate::budget::BudgetConfig>,
+    /// Hot reload of this file and the policy directory.
+    #[serde(default)]
+    pub reload: crate::reload::ReloadConfig,
+    /// Pod identity on Kubernetes.
+    #[serde(default)]
+    pub identity: crate::identity::kube::IdentityConfig,
 }
 
 fn enforcement_off() -> crate::agent::config::EnforcementConfig {
@@ -320,7 +332,9 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
             }
         })
         .unwrap_or_else(|| PathBuf::from("."));
-    let config = parse(&raw, path)?;
+    let mut config = parse(&raw, path)?;
+    resolve_paths(&mut config, &base_dir);
+    apply_env(&mut config);
     let errors = validate(&config, path, &base_dir);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -331,6 +345,30 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         base_dir,
         raw,
     })
+}
+
+/// Make the policy and budget paths absolute (relative to the config file's directory).
+fn resolve_paths(c: &mut Config, base: &Path) {
+    if let Some(p) = c.policy.as_mut() {
+        p.dir = resolve(base, &p.dir);
+    }
+    if let Some(b) = c.budgets.as_mut() {
+        b.data_file = b.data_file.as_ref().map(|f| resolve(base, f));
+        b.prices_file = b.prices_file.as_ref().map(|f| resolve(base, f));
+    }
+}
+
+/// Environment overrides, applied after parsing and before validation.
+/// `AIRLOCK_REDIRECT_ADDRESS`: the node IP from the downward API in Kubernetes.
+fn apply_env(c: &mut Config) {
+    if let Ok(v) = std::env::var("AIRLOCK_REDIRECT_ADDRESS") {
+        match v.trim().parse() {
+            Ok(ip) => c.enforcement.redirect_address = ip,
+            Err(_) => {
+                tracing::error!(value = %v, "AIRLOCK_REDIRECT_ADDRESS is not an IP address; ignored")
+            }
+        }
+    }
 }
 
 /// Parse YAML into [`Config`], rejecting unknown keys (all of them, not just the first).
@@ -514,6 +552,28 @@ pub fn validate(c: &Config, file: &Path, base: &Path) -> Vec<ConfigError> {
         }
     }
     for msg in crate::agent::config::validate_apps(&c.apps) {
+        e(String::new(), msg);
+    }
+    if let Some(p) = &c.policy {
+        for msg in p.validate() {
+            e(String::new(), msg);
+        }
+    }
+    if let Some(b) = &c.budgets {
+        for msg in b.validate() {
+            e(String::new(), msg);
+        }
+        if c.policy.is_none() && (b.data_file.is_none() || b.prices_file.is_none()) {
+            e(
+                "budgets".into(),
+                "data_file and prices_file are required when there is no policy section (they default to policy.dir/data/)".into(),
+            );
+        }
+    }
+    for msg in c.reload.validate() {
+        e(String::new(), msg);
+    }
+    for msg in c.identity.validate() {
         e(String::new(), msg);
     }
     if c.decision_log.path.trim().is_empty() {

@@ -29,6 +29,14 @@ pub struct Metrics {
     log_errors: IntCounterVec,
     revision: IntGaugeVec,
     reloads: IntCounterVec,
+    budget_rejections: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: prometheus::CounterVec,
+    budget_remaining: prometheus::GaugeVec,
+    redactions: IntCounterVec,
+    policy_denials: IntCounterVec,
+    /// Pod-identity watch metrics (registered even when the watch is off, so dashboards see them).
+    pub kube: crate::identity::kube::KubeMetrics,
 }
 
 /// Sub-millisecond resolution where the proxy's own cost lives.
@@ -99,6 +107,55 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let budget_rejections = IntCounterVec::new(
+            Opts::new(
+                "airlock_budget_rejections_total",
+                "Requests refused with 429 by budget",
+            ),
+            &["app", "budget"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "airlock_tokens_total",
+                "Tokens by app, model and kind (prompt/completion, from usage or estimate)",
+            ),
+            &["app", "model", "kind"],
+        )?;
+        let cost = prometheus::CounterVec::new(
+            Opts::new(
+                "airlock_cost_usd_total",
+                "Cost charged in USD by app and model",
+            ),
+            &["app", "model"],
+        )?;
+        let budget_remaining = prometheus::GaugeVec::new(
+            Opts::new(
+                "airlock_budget_remaining",
+                "What is left of each budget after the app's latest request",
+            ),
+            &["app", "budget"],
+        )?;
+        let redactions = IntCounterVec::new(
+            Opts::new(
+                "airlock_redactions_total",
+                "Redaction findings by app, type and action",
+            ),
+            &["app", "type", "action"],
+        )?;
+        let policy_denials = IntCounterVec::new(
+            Opts::new(
+                "airlock_policy_denials_total",
+                "Policy denials by app and reason (monitor-mode would-be denials have enforced=false)",
+            ),
+            &["app", "reason", "enforced"],
+        )?;
+        for c in [&budget_rejections, &tokens, &redactions, &policy_denials] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(budget_remaining.clone()))?;
+        let kube = crate::identity::kube::KubeMetrics::register(&registry)
+            .map_err(|e| MetricsError(prometheus::Error::Msg(e.to_string())))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream.clone()))?;
         registry.register(Box::new(overhead.clone()))?;
@@ -115,6 +172,13 @@ impl Metrics {
             log_errors,
             revision,
             reloads,
+            budget_rejections,
+            tokens,
+            cost,
+            budget_remaining,
+            redactions,
+            policy_denials,
+            kube,
         })
     }
 
@@ -163,7 +227,48 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
     }
 
-    /// Render the text exposition format.
+    /// Count a budget rejection.
+    pub fn budget_rejection(&self, app: &str, budget: &str) {
+        self.budget_rejections
+            .with_label_values(&[app, budget])
+            .inc();
+    }
+
+    /// Count tokens (`kind`: `prompt` or `completion`; `source`: `usage` or `estimate`).
+    pub fn tokens(&self, app: &str, model: &str, kind: &str, n: u64) {
+        self.tokens.with_label_values(&[app, model, kind]).inc_by(n);
+    }
+
+    /// Count cost.
+    pub fn cost(&self, app: &str, model: &str, usd: f64) {
+        if usd > 0.0 && usd.is_finite() {
+            self.cost.with_label_values(&[app, model]).inc_by(usd);
+        }
+    }
+
+    /// Publish what is left of a budget.
+    pub fn budget_remaining(&self, app: &str, budget: &str, left: f64) {
+        self.budget_remaining
+            .with_label_values(&[app, budget])
+            .set(left);
+    }
+
+    /// Count redaction findings.
+    pub fn redaction(&self, app: &str, kind: &str, action: &str, n: u64) {
+        self.redactions
+            .with_label_values(&[app, kind, action])
+            .inc_by(n);
+    }
+
+    /// Count a policy denial (or a monitor-mode would-be denial).
+    pub fn policy_denial(&self, app: &str, reason: &str, enforced: bool) {
+        self.policy_denials
+            .with_label_values(&[app, reason, if enforced { "true" } else { "false" }])
+            .inc();
+    }
+
+    /// Render the text exposition format, plus `extra` families rendered by the caller
+    /// (kernel counters read at scrape time).
     pub fn render(&self) -> String {
         let mut families = self.registry.gather();
         families.extend(prometheus::gather());
@@ -173,4 +278,45 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The eBPF counters in text exposition format, read from the kernel at scrape time.
+/// Both families are always present (with no series when nothing is attached), so
+/// dashboards and alerts can rely on the names.
+pub fn render_kernel_counters(
+    counters: &std::collections::BTreeMap<crate::identity::AppId, crate::agent::AppCounters>,
+) -> String {
+    use std::fmt::Write as _;
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    out.push_str("# HELP airlock_redirects_total TCP connects redirected to the proxy, by app\n");
+    out.push_str("# TYPE airlock_redirects_total counter\n");
+    for (app, c) in counters {
+        let _ = writeln!(
+            out,
+            "airlock_redirects_total{{app=\"{}\"}} {}",
+            esc(&app.0),
+            c.redirected
+        );
+    }
+    out.push_str(
+        "# HELP airlock_denied_sockets_total Sockets refused inside app cgroups, by app and kind\n",
+    );
+    out.push_str("# TYPE airlock_denied_sockets_total counter\n");
+    for (app, c) in counters {
+        for (kind, n) in &c.denied {
+            let _ = writeln!(
+                out,
+                "airlock_denied_sockets_total{{app=\"{}\",kind=\"{}\"}} {}",
+                esc(&app.0),
+                kind.as_str(),
+                n
+            );
+        }
+    }
+    out
 }

@@ -4,13 +4,26 @@
 //! without pingora. The proxy calls [`inspect_body`] once per request, either
 //! before the upstream is contacted (bodies up to [`EARLY_BODY_LIMIT`]) or at
 //! the end of a streamed body (see ARCHITECTURE.md, "When the body is judged").
+//!
+//! Order: redact (what the model would see) → count tokens → admit against
+//! the budgets (a reservation) → ask the policy with the budget state → on a
+//! deny the reservation is dropped, which releases it.
 
+use crate::budget::{self, Budgets, ErrorShape, Reservation, Ticket};
+use crate::config::Provider;
 use crate::decision_log::Decision;
+use crate::metrics::Metrics;
+use crate::policy::{
+    InputApp, InputBudget, InputDestination, InputFinding, InputRequest, InputTokens, PolicyInput,
+};
 use crate::respond::Refusal;
 use crate::state::State;
+use crate::tokens;
+use crate::usage::{Dialect, IncludeUsage};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// Largest body judged before any byte (headers included) goes upstream.
 /// pingora replays a body read in `request_filter` from its retry buffer,
@@ -22,12 +35,37 @@ pub const EARLY_BODY_LIMIT: usize = 64 * 1024;
 pub struct RequestInfo<'a> {
     /// App id.
     pub app: &'a str,
+    /// Cgroup id of the caller (eBPF mode).
+    pub cgroup_id: Option<u64>,
+    /// Pid of the caller (eBPF mode).
+    pub pid: Option<u32>,
+    /// Original destination (eBPF mode).
+    pub origin: Option<String>,
+    /// Gateway name.
+    pub gateway: &'a str,
+    /// Gateway dialect.
+    pub provider: Provider,
+    /// HTTP method.
+    pub method: &'a str,
     /// Request path.
     pub path: &'a str,
     /// `Content-Type`, if any.
     pub content_type: Option<&'a str>,
     /// `Content-Encoding`, if any.
     pub content_encoding: Option<&'a str>,
+}
+
+/// Token accounting decided for the request.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenPlan {
+    /// Prompt tokens counted or estimated.
+    pub prompt: u64,
+    /// Counted with the model's tokenizer (`true`) or estimated.
+    pub counted: bool,
+    /// Dialect used to read usage back from the response.
+    pub dialect: Dialect,
+    /// Strip the usage chunk from the stream (Airlock asked for it, the app did not).
+    pub strip_usage: bool,
 }
 
 /// The body as it will be forwarded, and what was learnt from it.
@@ -45,40 +83,288 @@ pub struct BodyVerdict {
     pub prompt_sha256: String,
     /// Finding counts by type.
     pub findings: BTreeMap<String, u64>,
-    /// Reasons to record (e.g. monitor-mode findings).
+    /// Reasons to record (e.g. monitor-mode would-be denials, soft limits).
     pub reasons: Vec<String>,
     /// The body was decompressed: drop `Content-Encoding` upstream.
     pub decompressed: bool,
+    /// Token plan when the budget stage is on.
+    pub tokens: Option<TokenPlan>,
+    /// Budget remaining after admission, by budget name.
+    pub budget: Option<BTreeMap<String, f64>>,
+    /// Extra response headers for the app (soft-limit warning).
+    pub response_headers: Vec<(String, String)>,
 }
 
-#[derive(serde::Deserialize)]
-struct Head {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
+/// What the pipeline needs besides the state snapshot.
+pub struct Stages<'a> {
+    /// Long-lived budget counters.
+    pub budgets: &'a Budgets,
+    /// Metrics to count findings, rejections and denials.
+    pub metrics: &'a Metrics,
+}
+
+fn dialect(p: Provider) -> Dialect {
+    match p {
+        Provider::Openai => Dialect::OpenAi,
+        Provider::Anthropic => Dialect::Anthropic,
+    }
+}
+
+fn is_json(ct: Option<&str>, body: &[u8]) -> bool {
+    match ct {
+        Some(ct) => ct.to_ascii_lowercase().contains("json"),
+        None => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+    }
+}
+
+/// Add `"stream_options":{"include_usage":true}` to a streaming OpenAI request
+/// without re-serialising it (the app's bytes stay as they were).
+fn splice_include_usage(body: &[u8], v: &serde_json::Value) -> Option<(Vec<u8>, IncludeUsage)> {
+    let obj = v.as_object()?;
+    if obj.get("stream").and_then(serde_json::Value::as_bool) != Some(true) {
+        return Some((body.to_vec(), IncludeUsage::NotStreaming));
+    }
+    match obj.get("stream_options") {
+        None => {
+            let open = body.iter().position(|&b| b == b'{')?;
+            let mut out = Vec::with_capacity(body.len() + 48);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+            let rest = &body[open + 1..];
+            if rest.iter().any(|b| !b.is_ascii_whitespace() && *b != b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+            Some((out, IncludeUsage::Added))
+        }
+        Some(_) => crate::usage::ensure_include_usage_bytes(body).ok(),
+    }
 }
 
 /// Judge one complete request body. Never panics; bounded by the body size.
 pub fn inspect_body(
-    _state: &State,
-    _info: &RequestInfo<'_>,
+    state: &State,
+    stages: &Stages<'_>,
+    info: &RequestInfo<'_>,
     body: Bytes,
-) -> Result<BodyVerdict, Refusal> {
+) -> Result<(BodyVerdict, Option<Ticket>), Refusal> {
     let prompt_sha256 = hex::encode(Sha256::digest(&body));
-    let head: Option<Head> = if body.is_empty() {
-        None
+    let mut forward = body;
+    let findings: BTreeMap<String, u64> = BTreeMap::new();
+    let input_findings: Vec<InputFinding> = Vec::new();
+    let decision = Decision::Allow;
+    let decompressed = false;
+
+    let json = is_json(info.content_type, &forward);
+    let value: Option<serde_json::Value> = if json && !forward.is_empty() {
+        match serde_json::from_slice(&forward) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                return Err(Refusal::deny(
+                    400,
+                    "invalid_json",
+                    format!("request body is not valid JSON: {e}"),
+                ))
+            }
+        }
     } else {
-        serde_json::from_slice(&body).ok()
+        None
     };
-    Ok(BodyVerdict {
-        model: head.as_ref().and_then(|h| h.model.clone()),
-        stream: head.and_then(|h| h.stream).unwrap_or(false),
-        forward: body,
-        decision: Decision::Allow,
-        prompt_sha256,
-        findings: BTreeMap::new(),
-        reasons: Vec::new(),
-        decompressed: false,
-    })
+    let model = value
+        .as_ref()
+        .and_then(|v| v.get("model"))
+        .and_then(|m| m.as_str())
+        .map(str::to_string);
+    let stream = value
+        .as_ref()
+        .and_then(|v| v.get("stream"))
+        .and_then(|s| s.as_bool())
+        .unwrap_or(false);
+
+    let mut reasons = Vec::new();
+    let mut response_headers = Vec::new();
+    let mut plan = None;
+    let mut ticket = None;
+    let mut budget_left = None;
+
+    // Budgets (stage 7): reserve prompt + completion allowance now, reconcile on the response.
+    if let Some(limits) = &state.limits {
+        let d = dialect(info.provider);
+        let mut strip_usage = false;
+        if let (Dialect::OpenAi, Some(v)) = (d, value.as_ref()) {
+            if let Some((rewritten, what)) = splice_include_usage(&forward, v) {
+                if what == IncludeUsage::Added {
+                    forward = Bytes::from(rewritten);
+                    strip_usage = true;
+                }
+            }
+        }
+        let count = value
+            .as_ref()
+            .map(tokens::count_request)
+            .unwrap_or(tokens::PromptCount {
+                tokens: (forward.len() as u64).div_ceil(tokens::ESTIMATE_BYTES_PER_TOKEN),
+                source: tokens::CountSource::Estimate,
+            });
+        let max_out = value.as_ref().and_then(tokens::max_output_tokens);
+        let res = Reservation {
+            prompt_tokens: count.tokens,
+            max_output_tokens: max_out,
+            model: model.clone().unwrap_or_default(),
+        };
+        match stages.budgets.admit(limits, info.app, &res, Instant::now()) {
+            Ok(t) => {
+                let rem = t.remaining();
+                let left: BTreeMap<String, f64> = rem
+                    .remaining
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), *v))
+                    .collect();
+                for (k, v) in &left {
+                    stages.metrics.budget_remaining(info.app, k, *v);
+                }
+                for k in &rem.soft_exceeded {
+                    reasons.push(format!("soft_limit:{}", k.as_str()));
+                }
+                if let Some(h) = budget::soft_limit_header(rem) {
+                    response_headers.push(h);
+                }
+                budget_left = Some(left);
+                plan = Some(TokenPlan {
+                    prompt: count.tokens,
+                    counted: count.source != tokens::CountSource::Estimate,
+                    dialect: d,
+                    strip_usage,
+                });
+                ticket = Some(t);
+            }
+            Err(rej) => {
+                stages
+                    .metrics
+                    .budget_rejection(info.app, rej.budget.as_str());
+                let shape = match info.provider {
+                    Provider::Openai => ErrorShape::OpenAi,
+                    Provider::Anthropic => ErrorShape::Anthropic,
+                };
+                let reply = budget::rejection_reply(shape, info.app, &rej);
+                let mut r = Refusal::deny(
+                    reply.status,
+                    &format!("budget_exceeded:{}", rej.budget.as_str()),
+                    "",
+                );
+                r.headers = reply.headers;
+                r.body = Some(reply.body);
+                return Err(r);
+            }
+        }
+    }
+
+    // Policy (stage 8).
+    if let Some(policy) = &state.policy {
+        let input = PolicyInput {
+            app: InputApp {
+                id: info.app.to_string(),
+                cgroup_id: info.cgroup_id.unwrap_or(0),
+                pid: info.pid,
+            },
+            destination: InputDestination {
+                origin: info.origin.clone().unwrap_or_default(),
+                gateway: info.gateway.to_string(),
+                provider: match info.provider {
+                    Provider::Openai => "openai".into(),
+                    Provider::Anthropic => "anthropic".into(),
+                },
+            },
+            request: InputRequest {
+                method: info.method.to_string(),
+                path: info.path.to_string(),
+                model: model.clone().unwrap_or_default(),
+                stream,
+            },
+            tokens: InputTokens {
+                prompt: plan.map(|p| p.prompt).unwrap_or(0),
+                source: match plan {
+                    Some(p) if p.counted => "tokenizer".into(),
+                    _ => "estimate".into(),
+                },
+                max_output: 0,
+            },
+            findings: input_findings,
+            budget: InputBudget {
+                remaining: budget_left.clone().unwrap_or_default(),
+                soft_exceeded: Vec::new(),
+            },
+        };
+        match policy.decide(&input) {
+            Ok(d) if d.allow => {
+                if d.would_deny() {
+                    for r in &d.reasons {
+                        stages.metrics.policy_denial(info.app, r, false);
+                        reasons.push(format!("monitor:{r}"));
+                    }
+                }
+            }
+            Ok(d) => {
+                for r in &d.reasons {
+                    stages.metrics.policy_denial(info.app, r, true);
+                }
+                let list: Vec<String> = d.reasons.iter().cloned().collect();
+                let mut r = Refusal::deny(
+                    403,
+                    "policy_denied",
+                    format!("denied by policy: {}", list.join(", ")),
+                );
+                r.more_reasons = list;
+                return Err(r);
+            }
+            Err(e) => {
+                // Fail closed: a policy that cannot answer denies.
+                tracing::error!(error = %e, "policy evaluation failed");
+                return Err(Refusal::error(
+                    403,
+                    "policy_error",
+                    "the policy could not be evaluated; request refused",
+                ));
+            }
+        }
+    }
+
+    Ok((
+        BodyVerdict {
+            model,
+            stream,
+            forward,
+            decision,
+            prompt_sha256,
+            findings,
+            reasons,
+            decompressed,
+            tokens: plan,
+            budget: budget_left,
+            response_headers,
+        },
+        ticket,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_usage_is_spliced_without_reordering() {
+        let body = br#"{"stream":true,"model":"m","messages":[]}"#;
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let (out, what) = splice_include_usage(body, &v).unwrap();
+        assert_eq!(what, IncludeUsage::Added);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"stream_options":{"include_usage":true},"stream":true,"model":"m","messages":[]}"#
+        );
+        let v2: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v2["stream_options"]["include_usage"], true);
+        let (same, what) = splice_include_usage(&out, &v2).unwrap();
+        assert_eq!(what, IncludeUsage::AppAsked);
+        assert_eq!(same, out);
+    }
 }

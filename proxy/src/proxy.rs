@@ -5,14 +5,16 @@
 //! took (early refusal, upstream failure, client gone), so every request gets
 //! exactly one line.
 
+use crate::budget::{Charge, Ticket};
 use crate::config::Provider;
 use crate::decision_log::{Decision, DecisionRecord, Latency};
 use crate::intercept::Origin;
 use crate::metrics::RequestLabels;
-use crate::pipeline::{self, BodyVerdict, RequestInfo, EARLY_BODY_LIMIT};
+use crate::pipeline::{self, BodyVerdict, RequestInfo, Stages, EARLY_BODY_LIMIT};
 use crate::respond::Refusal;
 use crate::route::{Gateway, RouteError};
 use crate::state::{Shared, State};
+use crate::usage::{SseUsage, Usage};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -74,7 +76,18 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     upstream_end: Option<Instant>,
     status: u16,
+    /// Budget reservation, reconciled with the response's usage.
+    ticket: Option<Ticket>,
+    /// Usage reader for a streamed response.
+    sse: Option<SseUsage>,
+    /// A JSON response collected (bounded) for its `usage`.
+    resp_json: Option<Vec<u8>>,
+    /// What the request was finally charged.
+    charge: Option<(Charge, &'static str)>,
 }
+
+/// Largest JSON response kept to read its `usage`; past it the reservation stands.
+const MAX_USAGE_BODY: usize = 8 * 1024 * 1024;
 
 impl Ctx {
     fn provider(&self) -> Provider {
@@ -156,15 +169,78 @@ impl AirlockProxy {
             .state
             .clone()
             .ok_or_else(|| Refusal::error(500, "internal", "no state snapshot"))?;
+        let gw = ctx.gateway.clone();
         let info = RequestInfo {
             app: &ctx.app,
+            cgroup_id: ctx.conn.as_ref().map(|c| c.origin.cgroup_id),
+            pid: ctx.conn.as_ref().map(|c| c.origin.pid),
+            origin: ctx.conn.as_ref().map(|c| c.origin.orig_dst.to_string()),
+            gateway: gw.as_ref().map(|g| &*g.name.0).unwrap_or(""),
+            provider: ctx.provider(),
+            method: &ctx.method,
             path: &ctx.path,
             content_type: header_str(session, "content-type"),
             content_encoding: header_str(session, "content-encoding"),
         };
-        let v = pipeline::inspect_body(&state, &info, body)?;
+        let stages = Stages {
+            budgets: &self.shared.budgets,
+            metrics: &self.shared.metrics,
+        };
+        let (v, ticket) = pipeline::inspect_body(&state, &stages, &info, body)?;
         ctx.verdict = Some(v);
+        ctx.ticket = ticket;
         Ok(())
+    }
+
+    /// Replace the reservation with what the gateway reported. `cut_short`: the
+    /// response ended early (client gone, upstream failure) after reaching the gateway.
+    fn settle(&self, ctx: &mut Ctx, cut_short: bool) {
+        let Some(ticket) = ctx.ticket.take() else {
+            return;
+        };
+        let plan = ctx.verdict.as_ref().and_then(|v| v.tokens);
+        let reported: Option<Usage> = if let Some(sse) = &ctx.sse {
+            match (sse.usage(), cut_short) {
+                (Some(u), _) => Some(u),
+                // A stream cut short is charged for what it streamed, so hanging up is no way around the budget.
+                (None, true) => Some(sse.partial_usage(plan.map(|p| p.prompt).unwrap_or(0))),
+                (None, false) => None,
+            }
+        } else if let (Some(buf), Some(p)) = (ctx.resp_json.take(), plan) {
+            crate::usage::from_json(p.dialect, &buf)
+        } else {
+            None
+        };
+        let now = Instant::now();
+        let (usage, source) = match reported {
+            Some(u) => (u, "usage"),
+            None => {
+                let c = ticket.estimate();
+                (
+                    Usage {
+                        prompt_tokens: c.prompt_tokens,
+                        completion_tokens: c.completion_tokens,
+                    },
+                    "estimate",
+                )
+            }
+        };
+        let charge = ticket.reconcile(usage, now);
+        let model = ctx
+            .verdict
+            .as_ref()
+            .and_then(|v| v.model.clone())
+            .unwrap_or_default();
+        let m = &self.shared.metrics;
+        let (pk, ck) = if source == "usage" {
+            ("prompt", "completion")
+        } else {
+            ("prompt_estimate", "completion_estimate")
+        };
+        m.tokens(&ctx.app, &model, pk, charge.prompt_tokens);
+        m.tokens(&ctx.app, &model, ck, charge.completion_tokens);
+        m.cost(&ctx.app, &model, charge.cost_usd);
+        ctx.charge = Some((charge, source));
     }
 
     /// Consume the eBPF origin record of this connection's peer and resolve the app.
@@ -257,6 +333,10 @@ impl ProxyHttp for AirlockProxy {
             upstream_start: None,
             upstream_end: None,
             status: 0,
+            ticket: None,
+            sse: None,
+            resp_json: None,
+            charge: None,
         }
     }
 
@@ -488,18 +568,66 @@ impl ProxyHttp for AirlockProxy {
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
         resp.insert_header(DECISION_ID_HEADER, ctx.decision_id.as_str())?;
+        if let Some(v) = &ctx.verdict {
+            for (k, val) in &v.response_headers {
+                resp.insert_header(k.clone(), val.as_str())?;
+            }
+        }
+        if ctx.ticket.is_some() {
+            if !resp.status.is_success() {
+                // The gateway produced nothing billable: give the reservation back.
+                ctx.ticket = None;
+            } else {
+                let plan = ctx.verdict.as_ref().and_then(|v| v.tokens);
+                let sse = resp
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| ct.starts_with("text/event-stream"));
+                if let Some(plan) = plan {
+                    if sse {
+                        ctx.sse = Some(SseUsage::new(plan.dialect, plan.strip_usage));
+                        if plan.strip_usage {
+                            // The stream will be shorter than the upstream said.
+                            resp.remove_header("content-length");
+                        }
+                    } else {
+                        ctx.resp_json = Some(Vec::new());
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        if end_of_stream && ctx.upstream_end.is_none() {
-            ctx.upstream_end = Some(Instant::now());
+        if let Some(sse) = ctx.sse.as_mut() {
+            let mut out = Vec::new();
+            if let Some(chunk) = body.as_ref() {
+                sse.feed(chunk, &mut out);
+            }
+            if end_of_stream {
+                sse.finish(&mut out);
+            }
+            *body = Some(Bytes::from(out));
+        } else if let (Some(buf), Some(chunk)) = (ctx.resp_json.as_mut(), body.as_ref()) {
+            if buf.len() + chunk.len() <= MAX_USAGE_BODY {
+                buf.extend_from_slice(chunk);
+            } else {
+                ctx.resp_json = None;
+            }
+        }
+        if end_of_stream {
+            if ctx.upstream_end.is_none() {
+                ctx.upstream_end = Some(Instant::now());
+            }
+            self.settle(ctx, false);
         }
         Ok(None)
     }
@@ -532,6 +660,14 @@ impl ProxyHttp for AirlockProxy {
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.ticket.is_some() {
+            if ctx.status > 0 && ctx.status < 300 && ctx.upstream_start.is_some() {
+                self.settle(ctx, true);
+            } else {
+                // Never reached the gateway (or it failed): release the reservation.
+                ctx.ticket = None;
+            }
+        }
         let end = Instant::now();
         let total = end.duration_since(ctx.started).as_secs_f64();
         let upstream = match (ctx.upstream_start, ctx.upstream_end) {
@@ -541,7 +677,11 @@ impl ProxyHttp for AirlockProxy {
         };
         let overhead = (total - upstream).max(0.0);
         let (decision, mut reasons) = match (&ctx.refusal, &ctx.verdict) {
-            (Some(r), _) => (r.decision, vec![r.reason.clone()]),
+            (Some(r), _) => {
+                let mut v = vec![r.reason.clone()];
+                v.extend(r.more_reasons.iter().cloned());
+                (r.decision, v)
+            }
             (None, _) if e.is_some() && ctx.status == 0 => {
                 (Decision::Error, vec!["client_disconnected".to_string()])
             }
@@ -579,9 +719,19 @@ impl ProxyHttp for AirlockProxy {
             reasons,
             findings: v.map(|v| v.findings.clone()).unwrap_or_default(),
             prompt_sha256: v.map(|v| v.prompt_sha256.clone()),
-            tokens: None,
-            cost: None,
-            budget: None,
+            tokens: ctx
+                .charge
+                .as_ref()
+                .map(|(c, src)| crate::decision_log::Tokens {
+                    prompt: c.prompt_tokens,
+                    completion: c.completion_tokens,
+                    source: (*src).to_string(),
+                }),
+            cost: ctx
+                .charge
+                .as_ref()
+                .map(|(c, _)| (c.cost_usd * 1e6).round() / 1e6),
+            budget: v.and_then(|v| v.budget.clone()),
             policy_revision: ctx
                 .state
                 .as_ref()

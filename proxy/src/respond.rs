@@ -19,6 +19,10 @@ pub struct Refusal {
     pub message: String,
     /// Extra response headers (e.g. `Retry-After`).
     pub headers: Vec<(String, String)>,
+    /// A body already in the provider's shape (budget 429s), used instead of [`Refusal::body`]'s.
+    pub body: Option<Vec<u8>>,
+    /// Further reasons for the decision record (each policy reason).
+    pub more_reasons: Vec<String>,
 }
 
 impl Refusal {
@@ -30,6 +34,8 @@ impl Refusal {
             reason: reason.to_string(),
             message: message.into(),
             headers: Vec::new(),
+            body: None,
+            more_reasons: Vec::new(),
         }
     }
 
@@ -41,11 +47,16 @@ impl Refusal {
             reason: reason.to_string(),
             message: message.into(),
             headers: Vec::new(),
+            body: None,
+            more_reasons: Vec::new(),
         }
     }
 
     /// The JSON body in the provider's own error shape.
     pub fn body(&self, provider: Provider) -> Vec<u8> {
+        if let Some(b) = &self.body {
+            return b.clone();
+        }
         let kind = error_type(provider, self.status);
         let v = match provider {
             Provider::Openai => serde_json::json!({

@@ -116,6 +116,7 @@ impl Airlock {
             readiness,
             last_reload_error: Mutex::new(None),
             agent,
+            budgets: crate::budget::Budgets::new(),
         });
         let rev = shared.state.load().revision.0.clone();
         shared.metrics.set_revision(&rev);

@@ -26,6 +26,10 @@ pub struct State {
     pub router: Router,
     /// Revision hash.
     pub revision: PolicyRevision,
+    /// Compiled Rego policy (policy stage on).
+    pub policy: Option<crate::policy::PolicyBundle>,
+    /// Budget limits and prices (budget stage on).
+    pub limits: Option<crate::budget::Limits>,
 }
 
 impl State {
@@ -38,13 +42,56 @@ impl State {
                 message: e.to_string(),
             }])
         })?;
-        let mut h = Sha256::new();
-        h.update(&loaded.raw);
-        let revision = PolicyRevision(hex::encode(&h.finalize()[..6]));
+        let cfg = &loaded.config;
+        let fail = |key: &str, message: String| {
+            ConfigErrors(vec![crate::config::ConfigError {
+                file: loaded.path.clone(),
+                key: key.into(),
+                message,
+            }])
+        };
+        let (policy, limits, full_rev) = match (&cfg.policy, &cfg.budgets) {
+            (Some(p), b) => {
+                let bc = b.clone().unwrap_or_default();
+                let ps = crate::reload::PolicyState::build(p, &bc, &loaded.raw)
+                    .map_err(|e| fail("policy", e.to_string()))?;
+                // Without a budgets section the stage is off, even if the files exist.
+                let limits = b.as_ref().map(|_| ps.limits);
+                (Some(ps.policy), limits, ps.revision.0)
+            }
+            (None, Some(b)) => {
+                let (bf, pf) = match (&b.data_file, &b.prices_file) {
+                    (Some(d), Some(p)) => (d.clone(), p.clone()),
+                    _ => {
+                        return Err(fail(
+                            "budgets",
+                            "data_file and prices_file are required without a policy section"
+                                .into(),
+                        ))
+                    }
+                };
+                let limits = crate::budget::Limits::load(&bf, &pf, b)
+                    .map_err(|e| fail("budgets", e.to_string()))?;
+                let mut h = Sha256::new();
+                h.update(&loaded.raw);
+                for f in [&bf, &pf] {
+                    h.update(std::fs::read(f).unwrap_or_default());
+                }
+                (None, Some(limits), hex::encode(h.finalize()))
+            }
+            (None, None) => {
+                let mut h = Sha256::new();
+                h.update(&loaded.raw);
+                (None, None, hex::encode(h.finalize()))
+            }
+        };
+        let revision = PolicyRevision(full_rev.chars().take(12).collect());
         Ok(State {
             loaded,
             router,
             revision,
+            policy,
+            limits,
         })
     }
 }
@@ -100,6 +147,8 @@ pub struct Shared {
     pub last_reload_error: Mutex<Option<String>>,
     /// The eBPF agent, when `enforcement.mode` is `ebpf`.
     pub agent: Option<crate::agent::Agent>,
+    /// Budget counters: live for the whole process, across reloads.
+    pub budgets: crate::budget::Budgets,
 }
 
 impl Shared {
