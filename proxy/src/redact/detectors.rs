@@ -6,6 +6,7 @@
 //! Unicode classes and boundaries make the lazy DFA slow or give up on text
 //! with non-ASCII bytes.
 
+use super::trigger::Class;
 use super::Action;
 
 /// How a candidate match is confirmed.
@@ -279,6 +280,18 @@ pub(crate) fn builtins() -> Vec<Builtin> {
         }
     }
     v
+}
+
+/// The trigger a built-in detector runs behind (see `trigger`).
+pub(crate) fn class_of(detector: &str) -> Class {
+    match detector {
+        "private_key" => Class::Pem,
+        "aws_secret" | "secret_assignment" => Class::Assign,
+        "email" => Class::Email,
+        "card" | "iban" | "ssn" | "phone" | "dob" | "ipv4" => Class::Digits,
+        "ipv6" => Class::Always,
+        _ => Class::Token,
+    }
 }
 
 /// Confirm a candidate `s..e` in `text`; returns the (possibly narrowed) span.

@@ -178,24 +178,20 @@ impl<'a> Walker<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            let rest = &self.b[self.i..];
-            let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
-                self.i = self.b.len();
-                return Err(self.err("unterminated string"));
-            };
-            if rest[..off].iter().any(|&c| c < 0x20) {
-                let bad = rest[..off].iter().position(|&c| c < 0x20).unwrap_or(0);
-                self.i += bad;
-                return Err(self.err("control character in string"));
+            self.i = next_string_special(self.b, self.i);
+            match self.b.get(self.i) {
+                None => return Err(self.err("unterminated string")),
+                Some(b'"') => {
+                    let end = self.i;
+                    self.i += 1;
+                    return Ok((start, end, escaped));
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                Some(_) => return Err(self.err("control character in string")),
             }
-            self.i += off;
-            if self.b[self.i] == b'"' {
-                let end = self.i;
-                self.i += 1;
-                return Ok((start, end, escaped));
-            }
-            escaped = true;
-            self.escape()?;
         }
     }
 
@@ -437,4 +433,27 @@ pub(crate) fn render_path(b: &[u8], path: &[Seg]) -> String {
         }
     }
     out
+}
+
+/// Index of the first `"`, `\\` or control byte at or after `i` (or `b.len()`).
+#[inline]
+fn next_string_special(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while i + 8 <= b.len() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[i..i + 8]);
+        let x = u64::from_le_bytes(a);
+        let q = x ^ (ONES * u64::from(b'"'));
+        let s = x ^ (ONES * u64::from(b'\\'));
+        let hit = (q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s) | (x.wrapping_sub(ONES * 0x20) & !x);
+        if hit & HIGH != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] >= 0x20 && b[i] != b'"' && b[i] != b'\\' {
+        i += 1;
+    }
+    i
 }

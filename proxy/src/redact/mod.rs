@@ -20,6 +20,7 @@ mod decode;
 mod detectors;
 mod json;
 mod normalize;
+mod trigger;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -34,6 +35,7 @@ pub use config::{ConfigLocation, RedactConfigError};
 use detectors::Validator;
 use json::Seg;
 use normalize::Norm;
+use trigger::{Class, Windows};
 
 /// What a rule does with what it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -175,16 +177,18 @@ struct Rule {
     validator: Validator,
 }
 
-enum Prefilter {
-    Set(RegexSet),
-    /// The set did not fit the size limit: run every rule.
-    All,
+/// The rules run behind one trigger class, with a set to pick among them
+/// inside a window.
+struct ClassRules {
+    class: Class,
+    set: Option<RegexSet>,
+    rules: Vec<usize>,
 }
 
 /// Compiled, immutable rule set; `Send + Sync`; built once per config (re)load.
 pub struct Redactor {
     rules: Vec<Rule>,
-    prefilter: Prefilter,
+    classes: Vec<ClassRules>,
     dict: Option<AhoCorasick>,
     /// Pattern id of the dictionary automaton → index into `meta`.
     dict_meta: Vec<usize>,
@@ -192,6 +196,8 @@ pub struct Redactor {
     meta: Vec<Meta>,
     /// `meta` index and entropy floor of the secret-by-JSON-key check.
     secret_key: Option<(usize, f64)>,
+    /// Digits in a cluster that open a window (4 with IPv4 on, else 7).
+    min_digits: usize,
     hash_key: [u8; 32],
 }
 
@@ -276,11 +282,12 @@ impl Redactor {
             // nothing and finds nothing rather than panicking.
             Err(_) => Redactor {
                 rules: Vec::new(),
-                prefilter: Prefilter::All,
+                classes: Vec::new(),
                 dict: None,
                 dict_meta: Vec::new(),
                 meta: Vec::new(),
                 secret_key: None,
+                min_digits: 7,
                 hash_key: process_key(),
             },
         }
@@ -289,6 +296,11 @@ impl Redactor {
     fn build(cfg: &config::FileCfg) -> Result<Redactor, String> {
         let mut rules = Vec::new();
         let mut meta = Vec::new();
+        let mut classes: Vec<ClassRules> = Vec::new();
+        let mut add = |class: Class, idx: usize| match classes.iter_mut().find(|c| c.class == class) {
+            Some(c) => c.rules.push(idx),
+            None => classes.push(ClassRules { class, set: None, rules: vec![idx] }),
+        };
         let mut patterns: Vec<String> = Vec::new();
         let mut secret_key = None;
         let default = cfg.default_action.unwrap_or(Action::Mask);
@@ -312,6 +324,7 @@ impl Redactor {
             let re = compile(b.pattern).map_err(|e| format!("built-in rule {}: {e}", b.rule))?;
             let group = re.capture_names().position(|n| n == Some("v"));
             patterns.push(b.pattern.to_string());
+            add(detectors::class_of(b.detector), rules.len());
             rules.push(Rule { re, group, validator });
             meta.push(Meta {
                 name: b.rule.to_string(),
@@ -323,6 +336,7 @@ impl Redactor {
             let re = compile(&r.pattern).map_err(|e| format!("rule {}: {e}", r.name))?;
             let group = re.capture_names().position(|n| n == Some("v"));
             patterns.push(r.pattern.clone());
+            add(Class::Always, rules.len());
             rules.push(Rule {
                 re,
                 group,
@@ -334,14 +348,13 @@ impl Redactor {
                 action: r.action,
             });
         }
-        let prefilter = match RegexSetBuilder::new(&patterns)
-            .size_limit(1 << 25)
-            .dfa_size_limit(1 << 24)
-            .build()
-        {
-            Ok(set) => Prefilter::Set(set),
-            Err(_) => Prefilter::All,
-        };
+        for c in &mut classes {
+            if c.class != Class::Always && c.rules.len() > 1 {
+                let pats: Vec<&str> = c.rules.iter().filter_map(|&i| patterns.get(i).map(String::as_str)).collect();
+                // no set (the size limit) just means every rule runs in each window
+                c.set = RegexSetBuilder::new(pats).size_limit(1 << 24).dfa_size_limit(1 << 23).build().ok();
+            }
+        }
         let mut terms: Vec<String> = Vec::new();
         let mut dict_meta = Vec::new();
         for d in &cfg.dictionaries {
@@ -383,13 +396,15 @@ impl Redactor {
             (meta.len() - 1, floor)
         });
         let _ = default;
+        let min_digits = if meta.iter().any(|m| m.kind == "IPV4") { 4 } else { 7 };
         Ok(Redactor {
             rules,
-            prefilter,
+            classes,
             dict,
             dict_meta,
             meta,
             secret_key,
+            min_digits,
             hash_key: cfg.hash_key.as_deref().map_or_else(process_key, |k| hmac(k, &[b"airlock/redact/master"])),
         })
     }
@@ -423,6 +438,7 @@ impl Redactor {
             blocked: None,
             norm: Norm::default(),
             hits: Vec::new(),
+            win: Windows::default(),
         };
         if is_json(req.content_type, input) {
             if std::str::from_utf8(input).is_err() {
@@ -472,17 +488,30 @@ impl Redactor {
 
     /// Run every detector over normalised `text`; candidate hits go to `hits`
     /// with spans in `text`.
-    fn scan_text(&self, text: &str, hits: &mut Vec<Hit>) {
-        match &self.prefilter {
-            Prefilter::Set(set) => {
-                let m = set.matches(text);
-                for i in m.iter() {
-                    self.run_rule(i, text, hits);
+    fn scan_text(&self, text: &str, win: &mut Windows, hits: &mut Vec<Hit>) {
+        trigger::find(text, self.min_digits, win);
+        for c in &self.classes {
+            if c.class == Class::Always {
+                for &i in &c.rules {
+                    self.run_rule(i, text, 0, text.len(), hits);
                 }
+                continue;
             }
-            Prefilter::All => {
-                for i in 0..self.rules.len() {
-                    self.run_rule(i, text, hits);
+            for &(ws, we) in win.get(c.class) {
+                let Some(window) = text.get(ws..we) else { continue };
+                match &c.set {
+                    Some(set) => {
+                        for k in set.matches(window).iter() {
+                            if let Some(&i) = c.rules.get(k) {
+                                self.run_rule(i, text, ws, we, hits);
+                            }
+                        }
+                    }
+                    None => {
+                        for &i in &c.rules {
+                            self.run_rule(i, text, ws, we, hits);
+                        }
+                    }
                 }
             }
         }
@@ -499,28 +528,29 @@ impl Redactor {
         }
     }
 
-    fn run_rule(&self, i: usize, text: &str, hits: &mut Vec<Hit>) {
-        let Some(rule) = self.rules.get(i) else {
+    /// Run rule `i` over `text[ws..we]`, validating against the whole text.
+    fn run_rule(&self, i: usize, text: &str, ws: usize, we: usize, hits: &mut Vec<Hit>) {
+        let (Some(rule), Some(window)) = (self.rules.get(i), text.get(ws..we)) else {
             return;
+        };
+        let mut push = |s: usize, e: usize| {
+            if s < e {
+                if let Some((s, e)) = detectors::validate(rule.validator, text, ws + s, ws + e) {
+                    hits.push(Hit { s, e, meta: i, action: Action::Mask });
+                }
+            }
         };
         match rule.group {
             Some(g) => {
-                for c in rule.re.captures_iter(text) {
+                for c in rule.re.captures_iter(window) {
                     if let Some(m) = c.get(g).or_else(|| c.get(0)) {
-                        if let Some((s, e)) = detectors::validate(rule.validator, text, m.start(), m.end()) {
-                            hits.push(Hit { s, e, meta: i, action: Action::Mask });
-                        }
+                        push(m.start(), m.end());
                     }
                 }
             }
             None => {
-                for m in rule.re.find_iter(text) {
-                    if m.start() == m.end() {
-                        continue;
-                    }
-                    if let Some((s, e)) = detectors::validate(rule.validator, text, m.start(), m.end()) {
-                        hits.push(Hit { s, e, meta: i, action: Action::Mask });
-                    }
+                for m in rule.re.find_iter(window) {
+                    push(m.start(), m.end());
                 }
             }
         }
@@ -590,6 +620,7 @@ struct Scan<'r, 'b> {
     blocked: Option<String>,
     norm: Norm,
     hits: Vec<Hit>,
+    win: Windows,
 }
 
 impl Scan<'_, '_> {
@@ -639,7 +670,7 @@ impl Scan<'_, '_> {
             normalize::normalize(raw, start, json, &mut norm);
             &norm.text
         };
-        self.r.scan_text(text, &mut hits);
+        self.r.scan_text(text, &mut self.win, &mut hits);
         if let (Some((mi, floor)), false, true) = (self.r.secret_key, is_key, json) {
             if let Some(Seg::Key { start: ks, end: ke, escaped, .. }) = path.last() {
                 let kraw = body.get(*ks..*ke).unwrap_or_default();

@@ -12,23 +12,82 @@
 //! NFKC is applied per character: canonical composition across characters is
 //! not done. The detectors look for ASCII shapes, which that does not change.
 
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-/// Normalised text and, for each of its bytes, the raw span `(start, end)`
-/// in the body it came from.
+/// A stretch of normalised text and the raw bytes it came from. An identity
+/// segment maps byte for byte; any other is one unit (an escape, a changed
+/// character) replaced whole.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    norm: u32,
+    raw: u32,
+    raw_len: u32,
+    identity: bool,
+}
+
+/// Normalised text of one string plus the map back to raw body offsets.
 #[derive(Debug, Default)]
 pub(crate) struct Norm {
     pub text: String,
-    pub map: Vec<(u32, u32)>,
-    units: Vec<(char, u32, u32)>,
+    spans: Vec<Span>,
 }
 
 impl Norm {
+    fn seg(&self, at: usize) -> Option<&Span> {
+        let i = self.spans.partition_point(|sp| sp.norm as usize <= at);
+        self.spans.get(i.checked_sub(1)?)
+    }
+
     /// Raw body span of the normalised byte range `s..e` (`s < e`).
     pub fn raw_span(&self, s: usize, e: usize) -> (usize, usize) {
-        let a = self.map.get(s).map_or(0, |m| m.0);
-        let b = self.map.get(e.saturating_sub(1)).map_or(a, |m| m.1);
-        (a as usize, b as usize)
+        let a = match self.seg(s) {
+            Some(sp) if sp.identity => sp.raw as usize + (s - sp.norm as usize),
+            Some(sp) => sp.raw as usize,
+            None => 0,
+        };
+        let last = e.saturating_sub(1).max(s);
+        let b = match self.seg(last) {
+            Some(sp) if sp.identity => sp.raw as usize + (last - sp.norm as usize) + 1,
+            Some(sp) => (sp.raw + sp.raw_len) as usize,
+            None => a,
+        };
+        (a, b.max(a))
+    }
+
+    fn push_identity(&mut self, t: &str, raw: usize) {
+        let n = self.text.len();
+        if let Some(last) = self.spans.last_mut() {
+            if last.identity
+                && (last.norm + last.raw_len) as usize == n
+                && (last.raw + last.raw_len) as usize == raw
+            {
+                last.raw_len += t.len() as u32;
+                self.text.push_str(t);
+                return;
+            }
+        }
+        self.spans.push(Span { norm: n as u32, raw: raw as u32, raw_len: t.len() as u32, identity: true });
+        self.text.push_str(t);
+    }
+
+    fn push_unit(&mut self, c: char, raw: usize, raw_end: usize) {
+        if is_ignorable(c) {
+            return;
+        }
+        let n = self.text.len();
+        if c.is_ascii() {
+            self.text.push(c);
+        } else {
+            for x in std::iter::once(c).nfkc() {
+                if !is_ignorable(x) {
+                    self.text.push(x);
+                }
+            }
+            if self.text.len() == n {
+                return;
+            }
+        }
+        self.spans.push(Span { norm: n as u32, raw: raw as u32, raw_len: (raw_end - raw) as u32, identity: false });
     }
 }
 
@@ -41,102 +100,154 @@ pub(crate) fn is_ignorable(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
-/// Whether `raw` needs the slow path (anything but plain ASCII, or escapes).
+/// Index of the first byte at or after `i` that is non-ASCII or a backslash.
+#[inline]
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const BS: u64 = 0x5C5C_5C5C_5C5C_5C5C;
+    while i + 8 <= b.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        let x = w ^ BS;
+        if (w & HI) != 0 || (x.wrapping_sub(LO) & !x & HI) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] < 0x80 && b[i] != b'\\' {
+        i += 1;
+    }
+    i
+}
+
+/// Whether `raw` needs normalising at all (anything but ASCII without escapes).
 #[inline]
 pub(crate) fn needs_normalizing(raw: &[u8]) -> bool {
-    !raw.is_ascii() || memchr::memchr(b'\\', raw).is_some()
+    next_special(raw, 0) < raw.len()
+}
+
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let h = b.get(at..at + 4)?;
+    if !h.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+}
+
+/// `\uXXXX` (with a following low surrogate if XXXX is a high one) at `at`
+/// (pointing at the `u`, `bs` bytes of backslash before each escape).
+fn unicode_at(b: &[u8], at: usize, bs: usize) -> Option<(char, usize)> {
+    let hi = hex4(b, at + 1)?;
+    let mut end = at + 5;
+    let cp = if (0xD800..0xDC00).contains(&hi) {
+        let lo_at = end + bs;
+        if b.get(end..lo_at).is_some_and(|x| x.iter().all(|&c| c == b'\\')) && b.get(lo_at) == Some(&b'u') {
+            let lo = hex4(b, lo_at + 1)?;
+            if !(0xDC00..0xE000).contains(&lo) {
+                return None;
+            }
+            end = lo_at + 5;
+            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+        } else {
+            return None;
+        }
+    } else {
+        hi
+    };
+    Some((char::from_u32(cp)?, end))
 }
 
 /// Normalise `raw` (at body offset `base`) into `out`. `json` says whether
 /// `raw` is the content of a JSON string (first-level escapes to decode).
+/// Escapes one level down (`\\u0040` in JSON, `\u0040` in text) are decoded
+/// too, except `\"` so a replacement never removes an inner quote.
 pub(crate) fn normalize(raw: &[u8], base: usize, json: bool, out: &mut Norm) {
     out.text.clear();
-    out.map.clear();
-    out.units.clear();
-    if json {
-        for (c, s, e) in super::json::decode_units(raw, base) {
-            out.units.push((c, s as u32, e as u32));
-        }
-    } else {
-        let text = String::from_utf8_lossy(raw);
-        for (i, c) in text.char_indices() {
-            let s = base + i;
-            out.units.push((c, s as u32, (s + c.len_utf8()) as u32));
-        }
-    }
-    let units = std::mem::take(&mut out.units);
+    out.spans.clear();
+    let text = match std::str::from_utf8(raw) {
+        Ok(t) => t,
+        Err(_) => return,
+    };
+    let b = raw;
     let mut i = 0usize;
-    while i < units.len() {
-        let (mut c, s, mut e) = units[i];
-        i += 1;
-        if c == '\\' {
-            if let Some((nc, used)) = nested_escape(&units[i..]) {
-                c = nc;
-                e = units[i + used - 1].2;
-                i += used;
-            }
-        }
-        push_char(out, c, s, e);
-    }
-    out.units = units;
-}
-
-fn push_char(out: &mut Norm, c: char, s: u32, e: u32) {
-    if c.is_ascii() {
-        out.text.push(c);
-        out.map.push((s, e));
-        return;
-    }
-    if is_ignorable(c) {
-        return;
-    }
-    for n in std::iter::once(c).nfkc() {
-        if is_ignorable(n) {
+    while i < b.len() {
+        let j = next_special(b, i);
+        if j > i {
+            out.push_identity(&text[i..j], base + i);
+            i = j;
             continue;
         }
-        let before = out.text.len();
-        out.text.push(n);
-        for _ in before..out.text.len() {
-            out.map.push((s, e));
+        if b[i] == b'\\' {
+            let (c, end) = escape_at(b, i, json);
+            out.push_unit(c, base + i, base + end);
+            i = end;
+            continue;
         }
+        let Some(c) = text.get(i..).and_then(|t| t.chars().next()) else {
+            break;
+        };
+        let end = i + c.len_utf8();
+        if !is_ignorable(c) && is_nfkc_quick(std::iter::once(c)) != IsNormalized::No {
+            out.push_identity(&text[i..end], base + i);
+        } else {
+            out.push_unit(c, base + i, base + end);
+        }
+        i = end;
     }
 }
 
-fn hex4(u: &[(char, u32, u32)]) -> Option<u32> {
-    if u.len() < 4 {
-        return None;
-    }
-    let mut v = 0u32;
-    for &(c, _, _) in &u[..4] {
-        v = v * 16 + c.to_digit(16)?;
-    }
-    Some(v)
-}
-
-/// A backslash escape in already-decoded text (JSON inside a JSON string):
-/// returns the character and how many units after the backslash it used.
-/// `\"` is deliberately left alone so a replacement never removes a quote of
-/// the inner document.
-fn nested_escape(u: &[(char, u32, u32)]) -> Option<(char, usize)> {
-    match u.first()?.0 {
-        'n' => Some(('\n', 1)),
-        't' => Some(('\t', 1)),
-        'r' => Some(('\r', 1)),
-        '/' => Some(('/', 1)),
-        'u' => {
-            let hi = hex4(&u[1..])?;
-            if (0xD800..0xDC00).contains(&hi) {
-                if u.get(5).map(|x| x.0) == Some('\\') && u.get(6).map(|x| x.0) == Some('u') {
-                    let lo = hex4(u.get(7..)?)?;
-                    if (0xDC00..0xE000).contains(&lo) {
-                        let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                        return Some((char::from_u32(cp)?, 11));
-                    }
-                }
-                return None;
-            }
-            Some((char::from_u32(hi)?, 5))
-        }
+/// Decode the escape starting at `b[i] == '\\'`; returns the character and
+/// the end of the raw unit.
+fn escape_at(b: &[u8], i: usize, json: bool) -> (char, usize) {
+    let simple = |c: u8| match c {
+        b'n' => Some('\n'),
+        b't' => Some('\t'),
+        b'r' => Some('\r'),
+        b'/' => Some('/'),
         _ => None,
+    };
+    if json {
+        match b.get(i + 1) {
+            Some(b'\\') => {
+                // a backslash in the decoded text: maybe an escape one level down
+                match b.get(i + 2) {
+                    Some(b'u') => {
+                        if let Some((c, end)) = unicode_at(b, i + 2, 2) {
+                            return (c, end);
+                        }
+                    }
+                    Some(&c) => {
+                        if let Some(ch) = simple(c) {
+                            return (ch, i + 3);
+                        }
+                    }
+                    None => {}
+                }
+                ('\\', i + 2)
+            }
+            Some(b'u') => match unicode_at(b, i + 1, 1) {
+                Some((c, end)) => (c, end),
+                None => ('\u{FFFD}', (i + 6).min(b.len())),
+            },
+            Some(b'b') => ('\u{8}', i + 2),
+            Some(b'f') => ('\u{c}', i + 2),
+            Some(b'"') => ('"', i + 2),
+            Some(&c) => (simple(c).unwrap_or(c as char), i + 2),
+            None => ('\\', i + 1),
+        }
+    } else {
+        match b.get(i + 1) {
+            Some(b'u') => match unicode_at(b, i + 1, 1) {
+                Some((c, end)) => (c, end),
+                None => ('\\', i + 1),
+            },
+            Some(&c) => match simple(c) {
+                Some(ch) => (ch, i + 2),
+                None => ('\\', i + 1),
+            },
+            None => ('\\', i + 1),
+        }
     }
 }
