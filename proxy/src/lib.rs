@@ -1,1 +1,2 @@
 //! airlock
+pub mod redact;

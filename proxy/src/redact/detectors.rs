@@ -193,7 +193,7 @@ pub(crate) fn builtins() -> Vec<Builtin> {
             "secret_assignment",
             "secret_assignment",
             "SECRET",
-            r#"(?i-u:\b(?:password|passwd|passphrase|pwd|secret|client_secret|secret_key|api_key|apikey|access_token|auth_token|refresh_token|private_key))["']?[ \t]*(?:[:=]|=>)[ \t]*["']?(?P<v>[^\s"'\\,;\[\]{}<>()`]{8,128})"#,
+            r#"(?i-u:\b(?:[a-z0-9]+[_-])*(?:password|passwd|passphrase|pwd|secret|client_secret|secret_key|api_key|apikey|access_token|auth_token|refresh_token|private_key))["']?[ \t]*(?:[:=]|=>)[ \t]*["']?(?P<v>[^\s"'\\,;\[\]{}<>()`]{8,128})"#,
             V::Entropy(DEFAULT_SECRET_ENTROPY),
         ),
         b(
@@ -207,7 +207,7 @@ pub(crate) fn builtins() -> Vec<Builtin> {
             "card",
             "card.pan",
             "CARD",
-            r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,22}(?-u:\b)",
+            r"(?-u:\b)[0-9]+(?:[ -][0-9]+)*(?-u:\b)",
             V::Card,
         ),
         b(
@@ -300,7 +300,7 @@ pub(crate) fn validate(v: Validator, text: &str, s: usize, e: usize) -> Option<(
     let ok = match v {
         Validator::None => true,
         Validator::Email => email_ok(m),
-        Validator::Phone => isolated(text, s, e) && phone_ok(m),
+        Validator::Phone => return phone(text, s, e),
         Validator::Card => return card(text, s, e),
         Validator::Ssn => isolated(text, s, e) && ssn_ok(m),
         Validator::Iban => return iban(text, s, e),
@@ -339,6 +339,32 @@ fn isolated(text: &str, s: usize, e: usize) -> bool {
     !glued(pre) && !glued(post) && !joined(pre, pre2) && !joined(post, post2)
 }
 
+/// A digit group right next to the candidate, across one space: the
+/// candidate is a slice of a longer grouped number (a card, an account).
+fn digit_group_neighbour(text: &str, s: usize, e: usize) -> bool {
+    let b = text.as_bytes();
+    let word = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if e < b.len() && b[e] == b' ' {
+        let mut k = e + 1;
+        while k < b.len() && b[k].is_ascii_digit() {
+            k += 1;
+        }
+        if k > e + 1 && !word(b.get(k)) {
+            return true;
+        }
+    }
+    if s >= 2 && b[s - 1] == b' ' {
+        let mut k = s - 1;
+        while k > 0 && b[k - 1].is_ascii_digit() {
+            k -= 1;
+        }
+        if k < s - 1 && !word(k.checked_sub(1).and_then(|i| b.get(i))) {
+            return true;
+        }
+    }
+    false
+}
+
 fn isolated_dots(text: &str, s: usize, e: usize) -> bool {
     isolated(text, s, e)
 }
@@ -356,6 +382,33 @@ fn email_ok(m: &str) -> bool {
 
 fn digits(m: &str) -> Vec<u8> {
     m.bytes().filter(u8::is_ascii_digit).map(|c| c - b'0').collect()
+}
+
+/// Phone: an international number may have run on into a following group
+/// of digits, so try it shorter, group by group; a national one must stand
+/// alone (not a slice of a longer grouped number).
+fn phone(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
+    let m = &text[s..e];
+    if m.starts_with('+') {
+        let b = m.as_bytes();
+        let mut end = b.len();
+        while end > 1 {
+            let d = b[..end].iter().filter(|c| c.is_ascii_digit()).count();
+            if (8..=15).contains(&d) && b[end - 1].is_ascii_digit() && isolated(text, s, s + end) {
+                return Some((s, s + end));
+            }
+            // step back to the end of the previous digit group
+            end -= 1;
+            while end > 1 && b[end - 1].is_ascii_digit() {
+                end -= 1;
+            }
+            while end > 1 && !b[end - 1].is_ascii_digit() {
+                end -= 1;
+            }
+        }
+        return None;
+    }
+    (isolated(text, s, e) && !digit_group_neighbour(text, s, e) && phone_ok(m)).then_some((s, e))
 }
 
 fn phone_ok(m: &str) -> bool {

@@ -534,10 +534,18 @@ impl Redactor {
             return;
         };
         let mut push = |s: usize, e: usize| {
-            if s < e {
-                if let Some((s, e)) = detectors::validate(rule.validator, text, ws + s, ws + e) {
-                    hits.push(Hit { s, e, meta: i, action: Action::Mask });
+            let (mut s, e) = (ws + s, ws + e);
+            // a validator may narrow the match (a card inside a longer run of
+            // digit groups); look for more in what is left of it
+            while s < e {
+                let Some((a, b)) = detectors::validate(rule.validator, text, s, e) else {
+                    break;
+                };
+                hits.push(Hit { s: a, e: b, meta: i, action: Action::Mask });
+                if b >= e || !matches!(rule.validator, Validator::Card | Validator::Iban) {
+                    break;
                 }
+                s = b + text.get(b..e).map_or(0, |t| t.find(|c: char| c.is_ascii_alphanumeric()).unwrap_or(t.len()));
             }
         };
         match rule.group {
