@@ -61,7 +61,7 @@ fn prose(size: usize, dense: bool, seed: u64) -> String {
         let w = r.pick(WORDS);
         s.push_str(w);
         since += w.len() + 1;
-        s.push(if r.next() % 14 == 0 { '\n' } else { ' ' });
+        s.push(if r.next().is_multiple_of(14) { '\n' } else { ' ' });
     }
     s
 }

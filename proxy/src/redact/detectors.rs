@@ -434,7 +434,7 @@ pub(crate) fn luhn(d: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Known issuer prefixes (Visa, Mastercard, Amex, Discover, JCB, Diners,

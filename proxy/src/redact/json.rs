@@ -77,7 +77,7 @@ impl<'a> KeySet<'a> {
     fn insert(&mut self, k: Cow<'a, str>) -> bool {
         match self {
             KeySet::Small(v) => {
-                if v.iter().any(|x| *x == k) {
+                if v.contains(&k) {
                     return false;
                 }
                 v.push(k);

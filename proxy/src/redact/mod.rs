@@ -533,32 +533,38 @@ impl Redactor {
         let (Some(rule), Some(window)) = (self.rules.get(i), text.get(ws..we)) else {
             return;
         };
-        let mut push = |s: usize, e: usize| {
-            let (mut s, e) = (ws + s, ws + e);
-            // a validator may narrow the match (a card inside a longer run of
-            // digit groups); look for more in what is left of it
-            while s < e {
-                let Some((a, b)) = detectors::validate(rule.validator, text, s, e) else {
-                    break;
-                };
-                hits.push(Hit { s: a, e: b, meta: i, action: Action::Mask });
-                if b >= e || !matches!(rule.validator, Validator::Card | Validator::Iban) {
-                    break;
-                }
-                s = b + text.get(b..e).map_or(0, |t| t.find(|c: char| c.is_ascii_alphanumeric()).unwrap_or(t.len()));
-            }
-        };
         match rule.group {
             Some(g) => {
                 for c in rule.re.captures_iter(window) {
                     if let Some(m) = c.get(g).or_else(|| c.get(0)) {
-                        push(m.start(), m.end());
+                        if let Some((s, e)) = detectors::validate(rule.validator, text, ws + m.start(), ws + m.end()) {
+                            hits.push(Hit { s, e, meta: i, action: Action::Mask });
+                        }
                     }
                 }
             }
             None => {
-                for m in rule.re.find_iter(window) {
-                    push(m.start(), m.end());
+                // A validator may narrow a match (a card inside a longer run of
+                // digit groups, an IBAN followed by another): search again
+                // right after what it kept, not after the whole match.
+                let mut at = 0usize;
+                while at <= window.len() {
+                    let Some(m) = rule.re.find_at(window, at) else { break };
+                    let (ms, me) = (m.start(), m.end());
+                    let mut next = me;
+                    if ms < me {
+                        if let Some((s, e)) = detectors::validate(rule.validator, text, ws + ms, ws + me) {
+                            hits.push(Hit { s, e, meta: i, action: Action::Mask });
+                            if e - ws < me {
+                                next = e - ws;
+                            }
+                        }
+                    }
+                    next = next.max(ms + 1);
+                    while next < window.len() && !window.is_char_boundary(next) {
+                        next += 1;
+                    }
+                    at = next;
                 }
             }
         }

@@ -253,13 +253,34 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
                 break;
             }
         }
-        let labelled = n < min_digits && date_like(&b[s..e], n) && dob_label(&b[s.saturating_sub(40)..s]);
-        if n >= min_digits || labelled {
+        // Which digit detectors could match here? SSNs need 9 digits,
+        // national phones 9–10, cards 13; an international phone 8 after a
+        // `+`; an IBAN starts with two capitals and two digits; a date of
+        // birth needs its label. ISO dates, times and amounts open nothing.
+        let plus = s > 0 && matches!(b[s - 1], b'+' | b'(') && s > 1 && (b[s - 1] == b'+' || b[s - 2] == b'+');
+        let could = n >= 9
+            || (n >= min_digits && min_digits < 7)
+            || (plus && n >= 7)
+            || (n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]))
+            || (date_like(&b[s..e], n) || n >= 6) && dob_label(&b[s.saturating_sub(40)..s]);
+        if could {
             let ws = expand_left(b, s, 40);
             let we = floor_boundary(text, expand_right(b, e, 40));
             push(&mut w.digits, (ws, we.max(e)));
         }
         i = e.max(s + 1);
+    }
+}
+
+/// Two capitals followed by two digits just before or at the start of a
+/// cluster: where an IBAN begins.
+fn iban_start(before: &[u8], cluster: &[u8]) -> bool {
+    let starts = |x: &[u8]| x.len() >= 4 && x[0].is_ascii_uppercase() && x[1].is_ascii_uppercase() && x[2].is_ascii_digit() && x[3].is_ascii_digit();
+    (0..before.len()).any(|k| starts(&before[k..])) || {
+        // the country code glued to the cluster: "DE89 3704 ..." has the
+        // cluster start at "89", two capitals right before it
+        let l = before.len();
+        l >= 2 && before[l - 2].is_ascii_uppercase() && before[l - 1].is_ascii_uppercase() && cluster.len() >= 2
     }
 }
 
