@@ -32,3 +32,4 @@ fn email_is_masked() {
     assert!(s.contains("[REDACTED:EMAIL]"), "{s}");
     assert!(!s.contains("alice@"));
 }
+

@@ -184,6 +184,7 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         push(&mut w.pem, (at, b.len()));
     }
 
+    let mut hex_runs: Vec<(usize, usize)> = Vec::new();
     // Token runs: probe the last byte of a would-be run; skip past it when
     // it cannot be in one.
     let mut i = 0usize;
@@ -213,8 +214,12 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         }
         // a run of lowercase hex, dashes and dots (UUIDs, git SHAs, hashes)
         // cannot hold any token format
-        let hexish = b[s..e].iter().all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'));
-        if !hexish {
+        let run = &b[s..e];
+        let hexish = run.iter().all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
+            && run.iter().any(|c| (b'a'..=b'f').contains(c));
+        if hexish {
+            hex_runs.push((s, e));
+        } else {
             let ws = expand_left(b, s, 24);
             push(&mut w.token, (ws, e));
         }
@@ -223,6 +228,7 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
 
     // Digit clusters: digits with gaps of at most two separator bytes.
     let mut i = 0usize;
+    let mut hx = 0usize;
     while i < b.len() {
         // skip 8 bytes at a time while none is a digit
         while i + 8 <= b.len() && !has_digit(&b[i..i + 8]) {
@@ -258,7 +264,18 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         // `+`; an IBAN starts with two capitals and two digits; a date of
         // birth needs its label. ISO dates, times and amounts open nothing.
         let plus = s > 0 && matches!(b[s - 1], b'+' | b'(') && s > 1 && (b[s - 1] == b'+' || b[s - 2] == b'+');
-        let could = n >= 9
+        // glued to letters: a slice of an identifier (UUID, hash, SKU)
+        let single = b[s..e].iter().all(u8::is_ascii_digit);
+        let glued = single && ((s > 0 && b[s - 1].is_ascii_alphabetic()) || b.get(e).is_some_and(u8::is_ascii_alphabetic));
+        // inside a UUID / hash run found above: not a number
+        while hex_runs.get(hx).is_some_and(|r| r.1 <= s) {
+            hx += 1;
+        }
+        if hex_runs.get(hx).is_some_and(|r| r.0 <= s) {
+            i = hex_runs.get(hx).map_or(e, |r| r.1).max(s + 1);
+            continue;
+        }
+        let could = (!glued && n >= 9)
             || (n >= min_digits && min_digits < 7)
             || (plus && n >= 7)
             || (n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]))
