@@ -33,3 +33,34 @@ fn email_is_masked() {
     assert!(!s.contains("alice@"));
 }
 
+
+#[test]
+#[ignore = "timing probe, run by hand"]
+fn trigger_speed_probe() {
+    let words = ["the", "quarterly", "report", "shows", "that", "revenue", "grew", "café", "naïve", "“quoted”", "it’s", "Q3", "12%", "v2.14.3", "2024-03-15", "order #4821",
+        "ticket JIRA-4412", "$1,249.00", "p99", "184ms", "550e8400-e29b-41d4-a716-446655440000", "9fceb02d0ae598e95dc970b74767f19372d61af8", "and", "we", "would", "like"];
+    let text: String = (0..12000).map(|i| words[(i * 7 + i / 3) % words.len()]).collect::<Vec<_>>().join(" ");
+    let mut w = trigger::Windows::default();
+    let n = 2000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        trigger::find(std::hint::black_box(&text), 7, &mut w);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("find: {:.0} MB/s over {} bytes", (n * text.len()) as f64 / s / 1e6, text.len());
+    let plain: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        trigger::find(std::hint::black_box(&plain), 7, &mut w);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("find without digits: {:.0} MB/s", (n * plain.len()) as f64 / s / 1e6);
+    let mut nm = normalize::Norm::default();
+    let raw = serde_json::to_string(&text.replace(" and ", "\nand ")).unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        normalize::normalize(std::hint::black_box(raw[1..raw.len() - 1].as_bytes()), 0, true, &mut nm);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("normalize: {:.0} MB/s", (n * raw.len()) as f64 / s / 1e6);
+}

@@ -185,45 +185,44 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
     }
 
     let mut hex_runs: Vec<(usize, usize)> = Vec::new();
-    // Token runs: probe the last byte of a would-be run; skip past it when
-    // it cannot be in one.
+    // Token runs of 16+ bytes: such a run holds at least one whole aligned
+    // 8-byte word, so look only at words with no space, control or
+    // non-ASCII byte (one SWAR test per word), then check precisely.
     let mut i = 0usize;
-    while i + TOKEN_RUN <= b.len() {
-        let probe = i + TOKEN_RUN - 1;
-        if !is_token(b[probe]) {
-            i = probe + 1;
+    while i + 8 <= b.len() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[i..i + 8]);
+        let x = u64::from_le_bytes(a);
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let low = x.wrapping_sub(ONES * 0x21) & !x & HIGH;
+        if low != 0 || x & HIGH != 0 || !b[i..i + 8].iter().all(|&c| is_token(c)) {
+            i += 8;
             continue;
         }
-        let mut j = probe;
-        while j > i && is_token(b[j - 1]) {
-            j -= 1;
-        }
-        if j > i {
-            // a non-token byte at j-1 inside the probe range
-            i = j;
-            continue;
-        }
-        // run of at least TOKEN_RUN from i (and i is a run start or i==0-ish)
         let mut s = i;
         while s > 0 && is_token(b[s - 1]) {
             s -= 1;
         }
-        let mut e = probe + 1;
+        let mut e = i + 8;
         while e < b.len() && is_token(b[e]) {
             e += 1;
         }
-        // a run of lowercase hex, dashes and dots (UUIDs, git SHAs, hashes)
-        // cannot hold any token format
-        let run = &b[s..e];
-        let hexish = run.iter().all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
-            && run.iter().any(|c| (b'a'..=b'f').contains(c));
-        if hexish {
-            hex_runs.push((s, e));
-        } else {
-            let ws = expand_left(b, s, 24);
-            push(&mut w.token, (ws, e));
+        if e - s >= TOKEN_RUN {
+            // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
+            // hashes) cannot hold any token format
+            let run = &b[s..e];
+            let hexish = run.iter().all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
+                && run.iter().any(|c| (b'a'..=b'f').contains(c));
+            if hexish {
+                hex_runs.push((s, e));
+            } else {
+                let ws = expand_left(b, s, 24);
+                push(&mut w.token, (ws, e));
+            }
         }
-        i = e + 1;
+        // next whole word after the run
+        i = (e + 1).next_multiple_of(8).max(i + 8);
     }
 
     // Digit clusters: digits with gaps of at most two separator bytes.
