@@ -720,21 +720,23 @@ impl Scan<'_, '_> {
             let Some(m) = self.r.meta.get(h.meta) else { continue };
             h.action = self.overrides.and_then(|o| o.get(&m.kind).copied()).unwrap_or(m.action);
         }
-        hits.sort_by(|a, b| {
-            b.action
-                .rank()
-                .cmp(&a.action.rank())
-                .then((b.e - b.s).cmp(&(a.e - a.s)))
-                .then(a.meta.cmp(&b.meta))
-                .then(a.s.cmp(&b.s))
-        });
-        let mut kept: Vec<Hit> = Vec::new();
+        // Resolve overlaps in one sweep by start: of two overlapping hits keep
+        // the enforcing one, then the longer, then the earlier rule.
+        hits.sort_by_key(|h| (h.s, h.meta));
+        let better = |a: &Hit, b: &Hit| {
+            (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta)) > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
+        };
+        let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
         for h in hits.iter() {
-            if !kept.iter().any(|k| h.s < k.e && k.s < h.e) {
-                kept.push(*h);
+            match kept.last_mut() {
+                Some(last) if h.s < last.e => {
+                    if better(h, last) {
+                        *last = *h;
+                    }
+                }
+                _ => kept.push(*h),
             }
         }
-        kept.sort_by_key(|h| h.s);
         let mut p = json::render_path(self.body, path);
         if is_key {
             p.push_str("{key}");
