@@ -100,6 +100,21 @@ pub(crate) fn is_ignorable(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
+/// A non-ASCII character that normalisation leaves as it is. Common
+/// ranges are answered without the table lookup.
+#[inline]
+fn nfkc_stable(c: char) -> bool {
+    let u = c as u32;
+    // Latin-1 letters, Latin Extended-A, Greek/Cyrillic letters, quotes and
+    // dashes, CJK ideographs, Hangul syllables
+    if matches!(u, 0xC0..=0xFF | 0x100..=0x131 | 0x134..=0x13E | 0x141..=0x148 | 0x14A..=0x17E
+        | 0x391..=0x3C9 | 0x410..=0x44F | 0x2010 | 0x2013..=0x2016 | 0x2018..=0x2023 | 0x4E00..=0x9FFF | 0xAC00..=0xD7A3)
+    {
+        return true;
+    }
+    !is_ignorable(c) && is_nfkc_quick(std::iter::once(c)) != IsNormalized::No
+}
+
 /// Index of the first byte at or after `i` that is non-ASCII or a backslash.
 #[inline]
 fn next_special(b: &[u8], mut i: usize) -> usize {
@@ -189,7 +204,7 @@ pub(crate) fn normalize(raw: &[u8], base: usize, json: bool, out: &mut Norm) {
             break;
         };
         let end = i + c.len_utf8();
-        if !is_ignorable(c) && is_nfkc_quick(std::iter::once(c)) != IsNormalized::No {
+        if nfkc_stable(c) {
             out.push_identity(&text[i..end], base + i);
         } else {
             out.push_unit(c, base + i, base + end);

@@ -64,3 +64,18 @@ fn trigger_speed_probe() {
     let s = t.elapsed().as_secs_f64();
     println!("normalize: {:.0} MB/s", (n * raw.len()) as f64 / s / 1e6);
 }
+
+#[test]
+fn nfkc_fast_ranges_agree_with_tables() {
+    use unicode_normalization::UnicodeNormalization;
+    for r in [0xC0u32..=0xFF, 0x100..=0x17E, 0x391..=0x3C9, 0x410..=0x44F, 0x2010..=0x2023, 0x4E00..=0x4FFF, 0xAC00..=0xAD00] {
+        for u in r {
+            let Some(c) = char::from_u32(u) else { continue };
+            let mut n = normalize::Norm::default();
+            let s = c.to_string();
+            normalize::normalize(s.as_bytes(), 0, false, &mut n);
+            let nfkc: String = std::iter::once(c).nfkc().collect();
+            assert_eq!(n.text, nfkc, "U+{u:04X}");
+        }
+    }
+}

@@ -264,6 +264,10 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         // birth needs its label. ISO dates, times and amounts open nothing.
         let plus = s > 0 && matches!(b[s - 1], b'+' | b'(') && s > 1 && (b[s - 1] == b'+' || b[s - 2] == b'+');
         // glued to letters: a slice of an identifier (UUID, hash, SKU)
+        if n < 4 {
+            i = e.max(s + 1);
+            continue;
+        }
         let single = b[s..e].iter().all(u8::is_ascii_digit);
         let glued = single && ((s > 0 && b[s - 1].is_ascii_alphabetic()) || b.get(e).is_some_and(u8::is_ascii_alphabetic));
         // inside a UUID / hash run found above: not a number
