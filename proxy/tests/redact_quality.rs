@@ -211,6 +211,27 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_and_output_is_stable(
+        bytes in prop::collection::vec(prop_oneof![
+            4 => proptest::sample::select(&b"{}[]\":,\\u0040 @.-+0123456789abcdefAKIA\n"[..]),
+            1 => any::<u8>(),
+        ], 0..200),
+        ct in 0u8..3,
+    ) {
+        let r = Redactor::builtin();
+        let ct = [Some("application/json"), Some("text/plain"), None][ct as usize];
+        if let Ok(out) = r.redact(&req(&bytes, ct)) {
+            if let Some(b) = &out.body {
+                if ct == Some("application/json") {
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(b).is_ok());
+                }
+                let again = r.redact(&req(b, ct)).unwrap();
+                prop_assert!(again.body.is_none(), "not idempotent: {:?}", String::from_utf8_lossy(b));
+            }
+        }
+    }
+
+    #[test]
     fn accepts_exactly_what_serde_json_accepts(s in "[\\[\\]{}\",:0-9a-z .\\-+eE\\\\u]{0,40}") {
         let r = Redactor::builtin();
         let ours = r.redact(&req(s.as_bytes(), Some("application/json")));

@@ -79,3 +79,54 @@ fn nfkc_fast_ranges_agree_with_tables() {
         }
     }
 }
+
+#[test]
+fn walker_reports_string_spans_and_paths() {
+    struct V(Vec<(String, bool, String)>);
+    impl json::Visitor for V {
+        fn string(&mut self, s: usize, e: usize, esc: bool, is_key: bool, path: &[json::Seg]) -> bool {
+            let b = br#"{"a":[1,"x\"y",{"k":true}],"b c":null}"#;
+            let raw = String::from_utf8_lossy(&b[s..e]).into_owned();
+            let _ = esc;
+            self.0.push((raw, is_key, json::render_path(b, path)));
+            false
+        }
+    }
+    let mut v = V(Vec::new());
+    json::walk(br#"{"a":[1,"x\"y",{"k":true}],"b c":null}"#, &mut v).unwrap();
+    let got: Vec<_> = v.0.iter().map(|(r, k, p)| format!("{r}|{k}|{p}")).collect();
+    assert_eq!(got, vec!["a|true|$", "x\\\"y|false|$.a[1]", "k|true|$.a[2]", "b c|true|$"]);
+}
+
+#[test]
+fn normalised_offsets_map_back_to_raw_units() {
+    let raw = br"ab\u0040c\u200bd\\u0041\n\uff11";
+    let mut n = normalize::Norm::default();
+    normalize::normalize(raw, 10, true, &mut n);
+    assert_eq!(n.text, "ab@cdA\n1");
+    // "@" came from the 6-byte escape at raw offset 2
+    assert_eq!(n.raw_span(2, 3), (12, 18));
+    // "cd" spans the zero-width space between them
+    assert_eq!(n.raw_span(3, 5), (18, 26));
+    // "A" came from the doubly escaped \\u0041
+    assert_eq!(n.raw_span(5, 6), (26, 33));
+    // full-width one
+    assert_eq!(n.raw_span(7, 8), (35, 41));
+}
+
+#[test]
+fn luhn_and_mod97() {
+    assert!(detectors::luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+    assert!(!detectors::luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]));
+    assert!(detectors::mod97("DE89370400440532013000"));
+    assert!(!detectors::mod97("DE89370400440532013001"));
+    assert!(detectors::entropy("aaaa") < 0.1);
+}
+
+#[test]
+fn builtin_compiles_every_pattern() {
+    let r = Redactor::builtin();
+    let enabled = detectors::builtins().iter().filter(|b| b.enabled).count();
+    // plus the JSON-key secret rule
+    assert_eq!(r.rules().len(), enabled + 1);
+}
