@@ -24,13 +24,77 @@ impl Rng {
 /// Ordinary prompt prose, with a sprinkling of the benign look-alikes
 /// (versions, dates, order numbers, UUIDs, SHAs, amounts) and non-ASCII.
 const WORDS: &[&str] = &[
-    "the", "quarterly", "report", "shows", "that", "revenue", "grew", "in", "every", "region", "and", "we",
-    "would", "like", "you", "to", "summarise", "customer", "feedback", "for", "the", "last", "quarter", "with",
-    "a", "focus", "on", "latency", "deployment", "and", "pricing", "please", "keep", "it", "short", "because",
-    "our", "team", "reads", "this", "before", "the", "weekly", "meeting", "is", "of", "it", "as", "when",
-    "café", "naïve", "résumé", "—", "“quoted”", "it’s", "Q3", "12%", "v2.14.3", "2024-03-15", "order #4821",
-    "ticket JIRA-4412", "$1,249.00", "p99", "184ms", "550e8400-e29b-41d4-a716-446655440000",
-    "9fceb02d0ae598e95dc970b74767f19372d61af8", "Kubernetes", "service", "mesh", "timeout", "retries",
+    "the",
+    "quarterly",
+    "report",
+    "shows",
+    "that",
+    "revenue",
+    "grew",
+    "in",
+    "every",
+    "region",
+    "and",
+    "we",
+    "would",
+    "like",
+    "you",
+    "to",
+    "summarise",
+    "customer",
+    "feedback",
+    "for",
+    "the",
+    "last",
+    "quarter",
+    "with",
+    "a",
+    "focus",
+    "on",
+    "latency",
+    "deployment",
+    "and",
+    "pricing",
+    "please",
+    "keep",
+    "it",
+    "short",
+    "because",
+    "our",
+    "team",
+    "reads",
+    "this",
+    "before",
+    "the",
+    "weekly",
+    "meeting",
+    "is",
+    "of",
+    "it",
+    "as",
+    "when",
+    "café",
+    "naïve",
+    "résumé",
+    "—",
+    "“quoted”",
+    "it’s",
+    "Q3",
+    "12%",
+    "v2.14.3",
+    "2024-03-15",
+    "order #4821",
+    "ticket JIRA-4412",
+    "$1,249.00",
+    "p99",
+    "184ms",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "9fceb02d0ae598e95dc970b74767f19372d61af8",
+    "Kubernetes",
+    "service",
+    "mesh",
+    "timeout",
+    "retries",
 ];
 
 const SECRETS: &[&str] = &[
@@ -61,7 +125,11 @@ fn prose(size: usize, dense: bool, seed: u64) -> String {
         let w = r.pick(WORDS);
         s.push_str(w);
         since += w.len() + 1;
-        s.push(if r.next().is_multiple_of(14) { '\n' } else { ' ' });
+        s.push(if r.next().is_multiple_of(14) {
+            '\n'
+        } else {
+            ' '
+        });
     }
     s
 }
@@ -95,7 +163,11 @@ fn bench(c: &mut Criterion) {
                 overrides: None,
             };
             let out = r.redact(&req).unwrap();
-            assert_eq!(out.findings.is_empty(), !dense, "bench body has unexpected findings");
+            assert_eq!(
+                out.findings.is_empty(),
+                !dense,
+                "bench body has unexpected findings"
+            );
             g.throughput(Throughput::Bytes(b.len() as u64));
             let name = if dense { "dense" } else { "clean" };
             g.bench_with_input(BenchmarkId::new(name, size / 1024), &req, |bch, req| {

@@ -85,7 +85,9 @@ fn corpus_recall_and_precision() {
             .map(|f| (f.kind.clone(), span_text(&body, f.start, f.end)))
             .collect();
         let matches = |e: &Expect, g: &(String, String)| {
-            g.0 == e.kind && (g.1 == e.value || (g.1.len() >= 4 && (g.1.contains(&e.value) || e.value.contains(&g.1))))
+            g.0 == e.kind
+                && (g.1 == e.value
+                    || (g.1.len() >= 4 && (g.1.contains(&e.value) || e.value.contains(&g.1))))
         };
         for e in &line.expect {
             let s = stats.entry(e.kind.clone()).or_default();
@@ -93,7 +95,13 @@ fn corpus_recall_and_precision() {
             if got.iter().any(|g| matches(e, g)) {
                 s[1] += 1;
             } else {
-                misses.push(format!("line {}: {} not found in {:?} (got {:?})", n + 1, e.kind, line.text, got));
+                misses.push(format!(
+                    "line {}: {} not found in {:?} (got {:?})",
+                    n + 1,
+                    e.kind,
+                    line.text,
+                    got
+                ));
             }
         }
         for g in &got {
@@ -102,15 +110,38 @@ fn corpus_recall_and_precision() {
             if line.expect.iter().any(|e| matches(e, g)) {
                 s[3] += 1;
             } else if line.class.starts_with("benign") {
-                benign_fp.push(format!("line {} ({}): {} on {:?}", n + 1, line.class, g.0, line.text));
+                benign_fp.push(format!(
+                    "line {} ({}): {} on {:?}",
+                    n + 1,
+                    line.class,
+                    g.0,
+                    line.text
+                ));
             }
         }
     }
-    println!("{:<16} {:>8} {:>8} {:>9} {:>9}", "type", "expected", "found", "recall", "precision");
+    println!(
+        "{:<16} {:>8} {:>8} {:>9} {:>9}",
+        "type", "expected", "found", "recall", "precision"
+    );
     for (k, s) in &stats {
-        let recall = if s[0] == 0 { 1.0 } else { s[1] as f64 / s[0] as f64 };
-        let precision = if s[2] == 0 { 1.0 } else { s[3] as f64 / s[2] as f64 };
-        println!("{k:<16} {:>8} {:>8} {:>8.1}% {:>8.1}%", s[0], s[1], recall * 100.0, precision * 100.0);
+        let recall = if s[0] == 0 {
+            1.0
+        } else {
+            s[1] as f64 / s[0] as f64
+        };
+        let precision = if s[2] == 0 {
+            1.0
+        } else {
+            s[3] as f64 / s[2] as f64
+        };
+        println!(
+            "{k:<16} {:>8} {:>8} {:>8.1}% {:>8.1}%",
+            s[0],
+            s[1],
+            recall * 100.0,
+            precision * 100.0
+        );
     }
     for m in misses.iter().take(20) {
         println!("MISS {m}");
@@ -121,15 +152,26 @@ fn corpus_recall_and_precision() {
     for (k, s) in &stats {
         if s[0] > 0 {
             let recall = s[1] as f64 / s[0] as f64;
-            let floor = if STRUCTURED.contains(&k.as_str()) { 0.99 } else { 0.98 };
+            let floor = if STRUCTURED.contains(&k.as_str()) {
+                0.99
+            } else {
+                0.98
+            };
             assert!(recall >= floor, "{k}: recall {recall:.3} below {floor}");
         }
         if s[2] > 0 {
             let precision = s[3] as f64 / s[2] as f64;
-            assert!(precision >= 0.98, "{k}: precision {precision:.3} below 0.98");
+            assert!(
+                precision >= 0.98,
+                "{k}: precision {precision:.3} below 0.98"
+            );
         }
     }
-    assert!(benign_fp.is_empty(), "{} benign look-alikes redacted", benign_fp.len());
+    assert!(
+        benign_fp.is_empty(),
+        "{} benign look-alikes redacted",
+        benign_fp.len()
+    );
 }
 
 // ---------------------------------------------------------------- properties
@@ -147,9 +189,27 @@ const SENSITIVE: &[&str] = &[
 ];
 
 const BENIGN: &[&str] = &[
-    "hello", "world", "the quick brown fox", "v1.2.3", "2024-03-15T10:22:31Z", "order #48213",
-    "550e8400-e29b-41d4-a716-446655440000", "café", "日本語", "naïve", "\n", "\t", "\"quoted\"", "back\\slash",
-    "12%", "$1,249.00", "a1b2c3d", "😀", "x = y", "<b>", "—",
+    "hello",
+    "world",
+    "the quick brown fox",
+    "v1.2.3",
+    "2024-03-15T10:22:31Z",
+    "order #48213",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "café",
+    "日本語",
+    "naïve",
+    "\n",
+    "\t",
+    "\"quoted\"",
+    "back\\slash",
+    "12%",
+    "$1,249.00",
+    "a1b2c3d",
+    "😀",
+    "x = y",
+    "<b>",
+    "—",
 ];
 
 fn pieces(with_secrets: bool) -> impl Strategy<Value = Vec<String>> {
@@ -167,10 +227,16 @@ fn body_of(parts: &[String], shape: u8) -> Vec<u8> {
     let content = parts.join(" ");
     let v = match shape % 4 {
         0 => serde_json::json!({"model": "m", "messages": [{"role": "user", "content": content}]}),
-        1 => serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": content}]}]}),
-        2 => serde_json::json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-             "function": {"name": "f", "arguments": serde_json::json!({"q": content}).to_string()}}]}]}),
-        _ => serde_json::json!({"model": "m", "system": [{"type": "text", "text": content}], "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": content}]}]}),
+        1 => {
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": content}]}]})
+        }
+        2 => {
+            serde_json::json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "f", "arguments": serde_json::json!({"q": content}).to_string()}}]}]})
+        }
+        _ => {
+            serde_json::json!({"model": "m", "system": [{"type": "text", "text": content}], "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": content}]}]})
+        }
     };
     serde_json::to_vec(&v).unwrap()
 }
@@ -247,7 +313,8 @@ proptest! {
 // ---------------------------------------------------------------- evasions
 
 fn raw_chat(raw_content: &str) -> Vec<u8> {
-    format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{raw_content}"}}]}}"#).into_bytes()
+    format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{raw_content}"}}]}}"#)
+        .into_bytes()
 }
 
 #[test]
@@ -287,7 +354,11 @@ fn evasion_escaped_full_width_and_nested_tool_arguments() {
     assert!(!s.contains("example.com"), "{s}");
     assert!(!s.contains("AKIAIOSFODNN7EXAMPL3"), "{s}");
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-    let args = v.pointer("/messages/0/tool_calls/0/function/arguments").unwrap().as_str().unwrap();
+    let args = v
+        .pointer("/messages/0/tool_calls/0/function/arguments")
+        .unwrap()
+        .as_str()
+        .unwrap();
     let inner: serde_json::Value = serde_json::from_str(args).unwrap();
     assert_eq!(inner["to"], "[REDACTED:EMAIL]");
     assert_eq!(inner["key"], "[REDACTED:AWS_KEY]");
@@ -299,8 +370,11 @@ fn evasion_secret_split_across_parts_is_a_known_limit() {
     // caught: documented in docs/redaction.md. This test pins the behaviour
     // so a future fix shows up here.
     let r = Redactor::builtin();
-    let body = serde_json::to_vec(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "key: AKIAIOSFOD"}, {"type": "text", "text": "NN7EXAMPL3"}]}]})).unwrap();
+    let body = serde_json::to_vec(
+        &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "key: AKIAIOSFOD"}, {"type": "text", "text": "NN7EXAMPL3"}]}]}),
+    )
+    .unwrap();
     let out = run(&r, &body);
     assert!(out.findings.iter().all(|f| f.kind != "AWS_KEY"));
 }
@@ -312,7 +386,11 @@ fn keys_of_unknown_json_are_scanned_and_paths_hide_them() {
     let out = run(&r, body);
     assert_eq!(out.findings.len(), 1);
     assert!(out.findings[0].in_key);
-    assert!(!out.findings[0].path.contains("carol"), "{}", out.findings[0].path);
+    assert!(
+        !out.findings[0].path.contains("carol"),
+        "{}",
+        out.findings[0].path
+    );
     let s = out_str(&out, body);
     assert_eq!(s, r#"{"contacts":{"[REDACTED:EMAIL]":{"note":"vip"}}}"#);
 }
@@ -330,14 +408,22 @@ fn secret_in_json_value_by_key_name() {
 #[test]
 fn hash_is_stable_per_app_and_differs_across_apps() {
     let dir = tempdir("hash");
-    std::fs::write(dir.join("r.yaml"), "hash_key: \"0123456789abcdef0123\"\ndetectors:\n  email: { action: hash }\n").unwrap();
+    std::fs::write(
+        dir.join("r.yaml"),
+        "hash_key: \"0123456789abcdef0123\"\ndetectors:\n  email: { action: hash }\n",
+    )
+    .unwrap();
     let r = Redactor::load(&dir.join("r.yaml")).unwrap();
     let body = chat("a@example.com and b@example.com and a@example.com");
     let mut q = req(&body, Some("application/json"));
     let one = out_str(&r.redact(&q).unwrap(), &body);
     q.app = "other";
     let two = out_str(&r.redact(&q).unwrap(), &body);
-    let toks = |s: &str| s.match_indices("[EMAIL:").map(|(i, _)| s[i..i + 16].to_string()).collect::<Vec<_>>();
+    let toks = |s: &str| {
+        s.match_indices("[EMAIL:")
+            .map(|(i, _)| s[i..i + 16].to_string())
+            .collect::<Vec<_>>()
+    };
     let (t1, t2) = (toks(&one), toks(&two));
     assert_eq!(t1.len(), 3);
     assert_eq!(t1[0], t1[2]);
@@ -371,9 +457,18 @@ fn block_and_monitor_and_overrides() {
 #[test]
 fn refusals() {
     let r = Redactor::builtin();
-    assert!(matches!(r.redact(&req(b"{\"a\":", Some("application/json"))), Err(Refusal::BadJson(_))));
-    assert!(matches!(r.redact(&req(b"{\"a\":1,\"a\":2}", Some("application/json"))), Err(Refusal::DuplicateKey(_))));
-    assert!(matches!(r.redact(&req(b"{\"a\":1,\"\\u0061\":2}", None)), Err(Refusal::DuplicateKey(_))));
+    assert!(matches!(
+        r.redact(&req(b"{\"a\":", Some("application/json"))),
+        Err(Refusal::BadJson(_))
+    ));
+    assert!(matches!(
+        r.redact(&req(b"{\"a\":1,\"a\":2}", Some("application/json"))),
+        Err(Refusal::DuplicateKey(_))
+    ));
+    assert!(matches!(
+        r.redact(&req(b"{\"a\":1,\"\\u0061\":2}", None)),
+        Err(Refusal::DuplicateKey(_))
+    ));
     let mut q = req(b"{}", Some("application/json"));
     q.content_encoding = Some("compress");
     assert!(matches!(r.redact(&q), Err(Refusal::UnsupportedEncoding(_))));
@@ -385,7 +480,10 @@ fn refusals() {
     q.max_bytes = 10;
     assert_eq!(r.redact(&q), Err(Refusal::TooLarge));
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-    assert!(matches!(r.redact(&req(deep.as_bytes(), None)), Err(Refusal::BadJson(_))));
+    assert!(matches!(
+        r.redact(&req(deep.as_bytes(), None)),
+        Err(Refusal::BadJson(_))
+    ));
 }
 
 #[test]
@@ -399,7 +497,9 @@ fn compressed_bodies_are_decoded_scanned_and_bounded() {
     q.content_encoding = Some("gzip");
     let out = r.redact(&q).unwrap();
     assert!(out.decompressed);
-    assert!(String::from_utf8(out.body.unwrap()).unwrap().contains("[REDACTED:EMAIL]"));
+    assert!(String::from_utf8(out.body.unwrap())
+        .unwrap()
+        .contains("[REDACTED:EMAIL]"));
     let z = zstd::encode_all(&body[..], 3).unwrap();
     let mut q = req(&z, Some("application/json"));
     q.content_encoding = Some("zstd");
@@ -432,10 +532,15 @@ fn compressed_bodies_are_decoded_scanned_and_bounded() {
 fn text_plain_whole_body_and_sha() {
     let r = Redactor::builtin();
     let body = b"ssn 123-45-6789\n";
-    let out = r.redact(&req(body, Some("text/plain; charset=utf-8"))).unwrap();
+    let out = r
+        .redact(&req(body, Some("text/plain; charset=utf-8")))
+        .unwrap();
     assert_eq!(out.body.as_deref(), Some(&b"ssn [REDACTED:SSN]\n"[..]));
     assert_eq!(out.prompt_sha256.len(), 64);
-    assert!(matches!(r.redact(&req(&[0xff, 0xfe], Some("text/plain"))), Err(Refusal::UnsupportedEncoding(_))));
+    assert!(matches!(
+        r.redact(&req(&[0xff, 0xfe], Some("text/plain"))),
+        Err(Refusal::UnsupportedEncoding(_))
+    ));
 }
 
 // ---------------------------------------------------------------- configuration
@@ -485,11 +590,26 @@ rules:
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     let all = text.join("\n");
     assert_eq!(errs.len(), 5, "{all}");
-    assert!(all.contains(":3: detectors.emial: unknown detector \"emial\""), "{all}");
-    assert!(all.contains(":4: detectors.phone.action: unknown action \"shred\""), "{all}");
-    assert!(all.contains(":8: dictionaries[0].file: dictionary file \"missing.txt\""), "{all}");
-    assert!(all.contains(":12: rules[0].pattern: invalid regex"), "{all}");
-    assert!(all.contains(":14: rules[0].colour: unknown key \"colour\""), "{all}");
+    assert!(
+        all.contains(":3: detectors.emial: unknown detector \"emial\""),
+        "{all}"
+    );
+    assert!(
+        all.contains(":4: detectors.phone.action: unknown action \"shred\""),
+        "{all}"
+    );
+    assert!(
+        all.contains(":8: dictionaries[0].file: dictionary file \"missing.txt\""),
+        "{all}"
+    );
+    assert!(
+        all.contains(":12: rules[0].pattern: invalid regex"),
+        "{all}"
+    );
+    assert!(
+        all.contains(":14: rules[0].colour: unknown key \"colour\""),
+        "{all}"
+    );
     assert!(errs.iter().all(|e| e.location().file == p));
 }
 

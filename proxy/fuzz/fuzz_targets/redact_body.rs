@@ -39,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(out) = r.redact(&req) {
         if let (Some(b), Some("application/json")) = (&out.body, ct) {
             assert!(serde_json::from_slice::<serde_json::Value>(b).is_ok());
-            let again = ScanRequest { body: b, content_encoding: None, ..req };
+            let again = ScanRequest {
+                body: b,
+                content_encoding: None,
+                ..req
+            };
             let second = r.redact(&again).map(|o| o.body.is_none());
             assert_eq!(second, Ok(true));
         }

@@ -206,7 +206,13 @@ impl Ctx<'_> {
         });
     }
 
-    fn string(&mut self, map: &serde_yaml::Mapping, path: &str, leaf: &str, required: bool) -> Option<String> {
+    fn string(
+        &mut self,
+        map: &serde_yaml::Mapping,
+        path: &str,
+        leaf: &str,
+        required: bool,
+    ) -> Option<String> {
         match map.get(leaf) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => {
@@ -238,7 +244,8 @@ impl Ctx<'_> {
             Some(a) => Some(a),
             None => {
                 let at = self.at(&join(path, "action"), "action", &s);
-                self.errors.push(RedactConfigError::UnknownAction { at, value: s });
+                self.errors
+                    .push(RedactConfigError::UnknownAction { at, value: s });
                 None
             }
         }
@@ -246,8 +253,17 @@ impl Ctx<'_> {
 
     fn kind(&mut self, map: &serde_yaml::Mapping, path: &str) -> Option<String> {
         let s = self.string(map, path, "type", true)?;
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_') {
-            self.bad(&join(path, "type"), "type", &s, "a type is UPPER_SNAKE_CASE ([A-Z0-9_]+)");
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+        {
+            self.bad(
+                &join(path, "type"),
+                "type",
+                &s,
+                "a type is UPPER_SNAKE_CASE ([A-Z0-9_]+)",
+            );
             return None;
         }
         Some(s)
@@ -259,7 +275,12 @@ impl Ctx<'_> {
             Some(Value::Bool(b)) => Some(*b),
             Some(other) => {
                 let v = scalar(other);
-                self.bad(&join(path, "enabled"), "enabled", &v, "expected true or false");
+                self.bad(
+                    &join(path, "enabled"),
+                    "enabled",
+                    &v,
+                    "expected true or false",
+                );
                 None
             }
         }
@@ -280,7 +301,10 @@ fn scalar(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::Null => "null".into(),
-        _ => serde_yaml::to_string(v).unwrap_or_default().trim().to_string(),
+        _ => serde_yaml::to_string(v)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -304,10 +328,26 @@ fn find_line(src: &str, leaf: &str, value: &str) -> Option<usize> {
     lines.iter().position(|l| has_key(l)).map(|i| i + 1)
 }
 
-const TOP_KEYS: &[&str] = &["version", "hash_key", "hash_key_file", "default_action", "detectors", "dictionaries", "rules"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "hash_key",
+    "hash_key_file",
+    "default_action",
+    "detectors",
+    "dictionaries",
+    "rules",
+];
 const DETECTOR_KEYS: &[&str] = &["enabled", "action", "min_entropy"];
 const DICT_KEYS: &[&str] = &["name", "type", "file", "action", "enabled"];
-const RULE_KEYS: &[&str] = &["name", "type", "pattern", "action", "validator", "min_entropy", "enabled"];
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "pattern",
+    "action",
+    "validator",
+    "min_entropy",
+    "enabled",
+];
 
 /// Read and validate the file; all problems or the parsed config.
 pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
@@ -361,7 +401,12 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
     }
     if let Some(k) = cx.string(top, "", "hash_key", false) {
         if k.len() < 16 {
-            cx.bad("hash_key", "hash_key", "(hidden)", "a hash key needs at least 16 characters");
+            cx.bad(
+                "hash_key",
+                "hash_key",
+                "(hidden)",
+                "a hash key needs at least 16 characters",
+            );
         } else {
             cfg.hash_key = Some(k.into_bytes());
         }
@@ -371,9 +416,19 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
             Ok(bytes) => {
                 let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
                 if trimmed.len() < 16 {
-                    cx.bad("hash_key_file", "hash_key_file", &f, "the key file needs at least 16 bytes");
+                    cx.bad(
+                        "hash_key_file",
+                        "hash_key_file",
+                        &f,
+                        "the key file needs at least 16 bytes",
+                    );
                 } else if cfg.hash_key.is_some() {
-                    cx.bad("hash_key_file", "hash_key_file", &f, "give hash_key or hash_key_file, not both");
+                    cx.bad(
+                        "hash_key_file",
+                        "hash_key_file",
+                        &f,
+                        "give hash_key or hash_key_file, not both",
+                    );
                 } else {
                     cfg.hash_key = Some(trimmed);
                 }
@@ -421,7 +476,12 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
                     }
                     other => {
                         let s = scalar(other);
-                        cx.bad(&path, &id, &s, "expected a mapping (enabled, action, min_entropy) or true/false");
+                        cx.bad(
+                            &path,
+                            &id,
+                            &s,
+                            "expected a mapping (enabled, action, min_entropy) or true/false",
+                        );
                         continue;
                     }
                 };
@@ -434,7 +494,12 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
                         Some(x) if (0.0..=8.0).contains(&x) => Some(x),
                         _ => {
                             let s = scalar(v);
-                            cx.bad(&join(&path, "min_entropy"), "min_entropy", &s, "expected a number of bits per character, 0 to 8");
+                            cx.bad(
+                                &join(&path, "min_entropy"),
+                                "min_entropy",
+                                &s,
+                                "expected a number of bits per character, 0 to 8",
+                            );
                             None
                         }
                     },
@@ -449,7 +514,12 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
         }
         Some(other) => {
             let s = scalar(other);
-            cx.bad("detectors", "detectors", &s, "expected a mapping of detector id to settings");
+            cx.bad(
+                "detectors",
+                "detectors",
+                &s,
+                "expected a mapping of detector id to settings",
+            );
         }
     }
 
@@ -462,27 +532,34 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
         let action = cx.action(&item, &path);
         let enabled = cx.enabled(&item, &path).unwrap_or(true);
         let file = cx.string(&item, &path, "file", true);
-        let terms = file.as_ref().and_then(|f| match std::fs::read_to_string(cx.dir.join(f)) {
-            Ok(text) => Some(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string)
-                    .collect::<Vec<_>>(),
-            ),
-            Err(e) => {
-                let at = cx.at(&join(&path, "file"), "file", f);
-                cx.errors.push(RedactConfigError::MissingDictionary {
-                    at,
-                    value: f.clone(),
-                    reason: e.to_string(),
-                });
-                None
-            }
-        });
+        let terms = file
+            .as_ref()
+            .and_then(|f| match std::fs::read_to_string(cx.dir.join(f)) {
+                Ok(text) => Some(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>(),
+                ),
+                Err(e) => {
+                    let at = cx.at(&join(&path, "file"), "file", f);
+                    cx.errors.push(RedactConfigError::MissingDictionary {
+                        at,
+                        value: f.clone(),
+                        reason: e.to_string(),
+                    });
+                    None
+                }
+            });
         if let Some(n) = &name {
             if names.contains(n) {
-                cx.bad(&join(&path, "name"), "name", n, "names must be unique across dictionaries and rules");
+                cx.bad(
+                    &join(&path, "name"),
+                    "name",
+                    n,
+                    "names must be unique across dictionaries and rules",
+                );
             }
             names.push(n.clone());
         }
@@ -503,39 +580,60 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
         let kind = cx.kind(&item, &path);
         let action = cx.action(&item, &path);
         let enabled = cx.enabled(&item, &path).unwrap_or(true);
-        let pattern = cx.string(&item, &path, "pattern", true).and_then(|p| {
-            match regex::RegexBuilder::new(&p).size_limit(1 << 22).build() {
-                Ok(_) => Some(p),
-                Err(e) => {
-                    let at = cx.at(&join(&path, "pattern"), "pattern", &p);
-                    cx.errors.push(RedactConfigError::InvalidRegex {
-                        at,
-                        value: p,
-                        reason: e.to_string().lines().last().unwrap_or("").trim().to_string(),
-                    });
-                    None
-                }
-            }
-        });
+        let pattern =
+            cx.string(&item, &path, "pattern", true).and_then(
+                |p| match regex::RegexBuilder::new(&p).size_limit(1 << 22).build() {
+                    Ok(_) => Some(p),
+                    Err(e) => {
+                        let at = cx.at(&join(&path, "pattern"), "pattern", &p);
+                        cx.errors.push(RedactConfigError::InvalidRegex {
+                            at,
+                            value: p,
+                            reason: e
+                                .to_string()
+                                .lines()
+                                .last()
+                                .unwrap_or("")
+                                .trim()
+                                .to_string(),
+                        });
+                        None
+                    }
+                },
+            );
         let min_entropy = item.get("min_entropy").and_then(Value::as_f64);
         let validator = match cx.string(&item, &path, "validator", false).as_deref() {
             None => Some(Validator::None),
             Some("luhn") => Some(Validator::Luhn),
             Some("mod97") => Some(Validator::Mod97),
             Some("isolated") => Some(Validator::Isolated),
-            Some("entropy") => Some(Validator::Entropy(min_entropy.unwrap_or(super::detectors::DEFAULT_SECRET_ENTROPY))),
+            Some("entropy") => Some(Validator::Entropy(
+                min_entropy.unwrap_or(super::detectors::DEFAULT_SECRET_ENTROPY),
+            )),
             Some(other) => {
-                cx.bad(&join(&path, "validator"), "validator", other, "known validators: luhn, mod97, isolated, entropy");
+                cx.bad(
+                    &join(&path, "validator"),
+                    "validator",
+                    other,
+                    "known validators: luhn, mod97, isolated, entropy",
+                );
                 None
             }
         };
         if let Some(n) = &name {
             if names.contains(n) {
-                cx.bad(&join(&path, "name"), "name", n, "names must be unique across dictionaries and rules");
+                cx.bad(
+                    &join(&path, "name"),
+                    "name",
+                    n,
+                    "names must be unique across dictionaries and rules",
+                );
             }
             names.push(n.clone());
         }
-        if let (Some(name), Some(kind), Some(pattern), Some(validator), true) = (name, kind, pattern, validator, enabled) {
+        if let (Some(name), Some(kind), Some(pattern), Some(validator), true) =
+            (name, kind, pattern, validator, enabled)
+        {
             cfg.rules.push(RuleCfg {
                 name,
                 kind,
@@ -554,7 +652,11 @@ pub(crate) fn load(path: &Path) -> Result<FileCfg, Vec<RedactConfigError>> {
 }
 
 /// The items of a list-valued top-level key, as mappings.
-fn seq(cx: &mut Ctx<'_>, top: &serde_yaml::Mapping, key: &str) -> Vec<(usize, serde_yaml::Mapping)> {
+fn seq(
+    cx: &mut Ctx<'_>,
+    top: &serde_yaml::Mapping,
+    key: &str,
+) -> Vec<(usize, serde_yaml::Mapping)> {
     match top.get(key) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Sequence(items)) => {

@@ -12,7 +12,11 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// Decode `body` per the `Content-Encoding` header value (codings applied in
 /// order, so decoded in reverse). `Ok(None)`: nothing to decode.
-pub(crate) fn decode(body: &[u8], encoding: Option<&str>, max: usize) -> Result<Option<Vec<u8>>, Refusal> {
+pub(crate) fn decode(
+    body: &[u8],
+    encoding: Option<&str>,
+    max: usize,
+) -> Result<Option<Vec<u8>>, Refusal> {
     let Some(enc) = encoding else {
         return Ok(None);
     };
@@ -41,7 +45,9 @@ fn decode_one(input: &[u8], coding: &str, max: usize) -> Result<Vec<u8>, Refusal
     let conv = |r: Result<Vec<u8>, Bounded>| {
         r.map_err(|b| match b {
             Bounded::TooLarge => Refusal::TooLarge,
-            Bounded::Io(e) => Refusal::UnsupportedEncoding(format!("{coding} body does not decode: {e}")),
+            Bounded::Io(e) => {
+                Refusal::UnsupportedEncoding(format!("{coding} body does not decode: {e}"))
+            }
         })
     };
     match coding {

@@ -310,7 +310,11 @@ pub(crate) fn validate(v: Validator, text: &str, s: usize, e: usize) -> Option<(
         Validator::Entropy(min) => entropy(m) >= min && !placeholder(m),
         Validator::Isolated => isolated(text, s, e),
         Validator::Luhn => {
-            let d: Vec<u8> = m.bytes().filter(u8::is_ascii_digit).map(|c| c - b'0').collect();
+            let d: Vec<u8> = m
+                .bytes()
+                .filter(u8::is_ascii_digit)
+                .map(|c| c - b'0')
+                .collect();
             !d.is_empty() && luhn(&d)
         }
         Validator::Mod97 => mod97(&m.replace(' ', "")),
@@ -320,7 +324,8 @@ pub(crate) fn validate(v: Validator, text: &str, s: usize, e: usize) -> Option<(
 }
 
 fn before(text: &str, s: usize) -> Option<u8> {
-    s.checked_sub(1).and_then(|i| text.as_bytes().get(i).copied())
+    s.checked_sub(1)
+        .and_then(|i| text.as_bytes().get(i).copied())
 }
 
 /// No letter/digit glued on, and not a piece of a longer dotted/dashed
@@ -381,7 +386,10 @@ fn email_ok(m: &str) -> bool {
 }
 
 fn digits(m: &str) -> Vec<u8> {
-    m.bytes().filter(u8::is_ascii_digit).map(|c| c - b'0').collect()
+    m.bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|c| c - b'0')
+        .collect()
 }
 
 /// Phone: an international number may have run on into a following group
@@ -444,14 +452,26 @@ fn card_iin_ok(d: &[u8]) -> bool {
     let p = |k: usize| d.iter().take(k).fold(0u32, |a, &x| a * 10 + u32::from(x));
     match d.first() {
         Some(4) => matches!(n, 13 | 16 | 19),
-        Some(5) => (51..=55).contains(&p(2)) && n == 16 || (50..=59).contains(&p(2)) && (12..=19).contains(&n),
+        Some(5) => {
+            (51..=55).contains(&p(2)) && n == 16
+                || (50..=59).contains(&p(2)) && (12..=19).contains(&n)
+        }
         Some(2) => (2221..=2720).contains(&p(4)) && n == 16,
         Some(3) => {
             (matches!(p(2), 34 | 37) && n == 15)
                 || ((3528..=3589).contains(&p(4)) && (16..=19).contains(&n))
-                || ((matches!(p(2), 36 | 38 | 39) || (300..=305).contains(&p(3))) && (14..=19).contains(&n))
+                || ((matches!(p(2), 36 | 38 | 39) || (300..=305).contains(&p(3)))
+                    && (14..=19).contains(&n))
         }
-        Some(6) => (16..=19).contains(&n) && (p(4) == 6011 || p(2) == 65 || (644..=649).contains(&p(3)) || p(2) == 62 || p(2) == 67 || p(2) == 63),
+        Some(6) => {
+            (16..=19).contains(&n)
+                && (p(4) == 6011
+                    || p(2) == 65
+                    || (644..=649).contains(&p(3))
+                    || p(2) == 62
+                    || p(2) == 67
+                    || p(2) == 63)
+        }
         _ => false,
     }
 }
@@ -514,16 +534,75 @@ fn ssn_ok(m: &str) -> bool {
 /// unknown countries accept 15–34).
 fn iban_len(cc: &str) -> Option<usize> {
     Some(match cc {
-        "AD" => 24, "AE" => 23, "AL" => 28, "AT" => 20, "AZ" => 28, "BA" => 20, "BE" => 16,
-        "BG" => 22, "BH" => 22, "BR" => 29, "CH" => 21, "CR" => 22, "CY" => 28, "CZ" => 24,
-        "DE" => 22, "DK" => 18, "DO" => 28, "EE" => 20, "EG" => 29, "ES" => 24, "FI" => 18,
-        "FO" => 18, "FR" => 27, "GB" => 22, "GE" => 22, "GI" => 23, "GL" => 18, "GR" => 27,
-        "GT" => 28, "HR" => 21, "HU" => 28, "IE" => 22, "IL" => 23, "IS" => 26, "IT" => 27,
-        "JO" => 30, "KW" => 30, "KZ" => 20, "LB" => 28, "LI" => 21, "LT" => 20, "LU" => 20,
-        "LV" => 21, "MC" => 27, "MD" => 24, "ME" => 22, "MK" => 19, "MR" => 27, "MT" => 31,
-        "MU" => 30, "NL" => 18, "NO" => 15, "PK" => 24, "PL" => 28, "PS" => 29, "PT" => 25,
-        "QA" => 29, "RO" => 24, "RS" => 22, "SA" => 24, "SE" => 24, "SI" => 19, "SK" => 24,
-        "SM" => 27, "TN" => 24, "TR" => 26, "UA" => 29, "VG" => 24, "XK" => 20,
+        "AD" => 24,
+        "AE" => 23,
+        "AL" => 28,
+        "AT" => 20,
+        "AZ" => 28,
+        "BA" => 20,
+        "BE" => 16,
+        "BG" => 22,
+        "BH" => 22,
+        "BR" => 29,
+        "CH" => 21,
+        "CR" => 22,
+        "CY" => 28,
+        "CZ" => 24,
+        "DE" => 22,
+        "DK" => 18,
+        "DO" => 28,
+        "EE" => 20,
+        "EG" => 29,
+        "ES" => 24,
+        "FI" => 18,
+        "FO" => 18,
+        "FR" => 27,
+        "GB" => 22,
+        "GE" => 22,
+        "GI" => 23,
+        "GL" => 18,
+        "GR" => 27,
+        "GT" => 28,
+        "HR" => 21,
+        "HU" => 28,
+        "IE" => 22,
+        "IL" => 23,
+        "IS" => 26,
+        "IT" => 27,
+        "JO" => 30,
+        "KW" => 30,
+        "KZ" => 20,
+        "LB" => 28,
+        "LI" => 21,
+        "LT" => 20,
+        "LU" => 20,
+        "LV" => 21,
+        "MC" => 27,
+        "MD" => 24,
+        "ME" => 22,
+        "MK" => 19,
+        "MR" => 27,
+        "MT" => 31,
+        "MU" => 30,
+        "NL" => 18,
+        "NO" => 15,
+        "PK" => 24,
+        "PL" => 28,
+        "PS" => 29,
+        "PT" => 25,
+        "QA" => 29,
+        "RO" => 24,
+        "RS" => 22,
+        "SA" => 24,
+        "SE" => 24,
+        "SI" => 19,
+        "SK" => 24,
+        "SM" => 27,
+        "TN" => 24,
+        "TR" => 26,
+        "UA" => 29,
+        "VG" => 24,
+        "XK" => 20,
         _ => return None,
     })
 }
@@ -540,7 +619,11 @@ pub(crate) fn mod97(iban: &str) -> bool {
         } else {
             u32::from(c.to_ascii_uppercase() - b'A') + 10
         };
-        r = if v >= 10 { (r * 100 + v) % 97 } else { (r * 10 + v) % 97 };
+        r = if v >= 10 {
+            (r * 100 + v) % 97
+        } else {
+            (r * 10 + v) % 97
+        };
     }
     r == 1
 }
@@ -550,11 +633,7 @@ pub(crate) fn mod97(iban: &str) -> bool {
 fn iban(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let m = &text[s..e];
     let cc = m.get(..2)?;
-    let compact: Vec<(usize, u8)> = m
-        .bytes()
-        .enumerate()
-        .filter(|(_, c)| *c != b' ')
-        .collect();
+    let compact: Vec<(usize, u8)> = m.bytes().enumerate().filter(|(_, c)| *c != b' ').collect();
     let lens: Vec<usize> = match iban_len(cc) {
         Some(l) => vec![l],
         None => (15..=34).rev().collect(),
@@ -580,7 +659,9 @@ fn iban(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
 
 fn ipv4_ok(m: &str) -> bool {
     m.split('.').all(|p| {
-        !p.is_empty() && (p == "0" || !p.starts_with('0')) && p.parse::<u16>().is_ok_and(|v| v <= 255)
+        !p.is_empty()
+            && (p == "0" || !p.starts_with('0'))
+            && p.parse::<u16>().is_ok_and(|v| v <= 255)
     })
 }
 
@@ -595,7 +676,8 @@ fn ipv6(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
         return None;
     }
     let b = text.as_bytes();
-    let glued = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b':' || *c == b'.');
+    let glued =
+        |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b':' || *c == b'.');
     if glued(s.checked_sub(1).and_then(|i| b.get(i))) || glued(b.get(e)) {
         return None;
     }
@@ -610,7 +692,12 @@ fn dob_ok(m: &str) -> bool {
         .collect();
     match nums.as_slice() {
         [y, mo, d] if *y > 1000 => (1..=12).contains(mo) && (1..=31).contains(d),
-        [a, b2, y] => (1..=31).contains(a) && (1..=31).contains(b2) && (*a <= 12 || *b2 <= 12) && (*y < 100 || (1850..=2100).contains(y)),
+        [a, b2, y] => {
+            (1..=31).contains(a)
+                && (1..=31).contains(b2)
+                && (*a <= 12 || *b2 <= 12)
+                && (*y < 100 || (1850..=2100).contains(y))
+        }
         [d, y] => (1..=31).contains(d) && (1850..=2100).contains(y),
         _ => false,
     }

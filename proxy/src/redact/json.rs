@@ -33,8 +33,14 @@ pub(crate) enum Seg {
 pub(crate) trait Visitor {
     /// `start..end` is the raw content between the quotes. Returns true when
     /// the string held a finding (used to keep sensitive keys out of paths).
-    fn string(&mut self, start: usize, end: usize, escaped: bool, is_key: bool, path: &[Seg])
-        -> bool;
+    fn string(
+        &mut self,
+        start: usize,
+        end: usize,
+        escaped: bool,
+        is_key: bool,
+        path: &[Seg],
+    ) -> bool;
 }
 
 /// Why a body is not acceptable JSON.
@@ -344,7 +350,10 @@ pub(crate) fn decode_string(raw: &[u8]) -> String {
 
 /// Iterate the characters of a validated JSON string's content with the raw
 /// span (offset by `base`) each came from; an escape is one unit.
-pub(crate) fn decode_units(raw: &[u8], base: usize) -> impl Iterator<Item = (char, usize, usize)> + '_ {
+pub(crate) fn decode_units(
+    raw: &[u8],
+    base: usize,
+) -> impl Iterator<Item = (char, usize, usize)> + '_ {
     let text = std::str::from_utf8(raw).unwrap_or("");
     let mut i = 0usize;
     std::iter::from_fn(move || {
@@ -371,11 +380,19 @@ pub(crate) fn decode_units(raw: &[u8], base: usize) -> impl Iterator<Item = (cha
                     if (0xDC00..0xE000).contains(&lo) {
                         i += 12;
                         let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                        return Some((char::from_u32(cp).unwrap_or('\u{FFFD}'), base + st, base + i));
+                        return Some((
+                            char::from_u32(cp).unwrap_or('\u{FFFD}'),
+                            base + st,
+                            base + i,
+                        ));
                     }
                 }
                 i += 6;
-                return Some((char::from_u32(hi).unwrap_or('\u{FFFD}'), base + st, base + i.min(b.len())));
+                return Some((
+                    char::from_u32(hi).unwrap_or('\u{FFFD}'),
+                    base + st,
+                    base + i.min(b.len()),
+                ));
             }
             Some(&other) => other as char,
             None => '\\',
@@ -410,7 +427,9 @@ pub(crate) fn render_path(b: &[u8], path: &[Seg]) -> String {
                 out.push_str(&n.to_string());
                 out.push(']');
             }
-            Seg::Key { sensitive: true, .. } => out.push_str("[*]"),
+            Seg::Key {
+                sensitive: true, ..
+            } => out.push_str("[*]"),
             Seg::Key {
                 start,
                 end,
@@ -446,7 +465,9 @@ fn next_string_special(b: &[u8], mut i: usize) -> usize {
         let x = u64::from_le_bytes(a);
         let q = x ^ (ONES * u64::from(b'"'));
         let s = x ^ (ONES * u64::from(b'\\'));
-        let hit = (q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s) | (x.wrapping_sub(ONES * 0x20) & !x);
+        let hit = (q.wrapping_sub(ONES) & !q)
+            | (s.wrapping_sub(ONES) & !s)
+            | (x.wrapping_sub(ONES * 0x20) & !x);
         if hit & HIGH != 0 {
             break;
         }

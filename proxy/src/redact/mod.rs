@@ -204,7 +204,14 @@ pub struct Redactor {
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redactor")
-            .field("rules", &self.meta.iter().map(|m| m.name.as_str()).collect::<Vec<_>>())
+            .field(
+                "rules",
+                &self
+                    .meta
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -297,9 +304,14 @@ impl Redactor {
         let mut rules = Vec::new();
         let mut meta = Vec::new();
         let mut classes: Vec<ClassRules> = Vec::new();
-        let mut add = |class: Class, idx: usize| match classes.iter_mut().find(|c| c.class == class) {
+        let mut add = |class: Class, idx: usize| match classes.iter_mut().find(|c| c.class == class)
+        {
             Some(c) => c.rules.push(idx),
-            None => classes.push(ClassRules { class, set: None, rules: vec![idx] }),
+            None => classes.push(ClassRules {
+                class,
+                set: None,
+                rules: vec![idx],
+            }),
         };
         let mut patterns: Vec<String> = Vec::new();
         let mut secret_key = None;
@@ -309,7 +321,10 @@ impl Redactor {
             if !dc.and_then(|d| d.enabled).unwrap_or(b.enabled) {
                 continue;
             }
-            let action = dc.and_then(|d| d.action).or(cfg.default_action).unwrap_or(b.action);
+            let action = dc
+                .and_then(|d| d.action)
+                .or(cfg.default_action)
+                .unwrap_or(b.action);
             let validator = match (b.validator, dc.and_then(|d| d.min_entropy)) {
                 (Validator::Entropy(_), Some(x)) => Validator::Entropy(x),
                 (v, _) => v,
@@ -325,7 +340,11 @@ impl Redactor {
             let group = re.capture_names().position(|n| n == Some("v"));
             patterns.push(b.pattern.to_string());
             add(detectors::class_of(b.detector), rules.len());
-            rules.push(Rule { re, group, validator });
+            rules.push(Rule {
+                re,
+                group,
+                validator,
+            });
             meta.push(Meta {
                 name: b.rule.to_string(),
                 kind: b.kind.to_string(),
@@ -350,9 +369,17 @@ impl Redactor {
         }
         for c in &mut classes {
             if c.class != Class::Always && c.rules.len() > 1 {
-                let pats: Vec<&str> = c.rules.iter().filter_map(|&i| patterns.get(i).map(String::as_str)).collect();
+                let pats: Vec<&str> = c
+                    .rules
+                    .iter()
+                    .filter_map(|&i| patterns.get(i).map(String::as_str))
+                    .collect();
                 // no set (the size limit) just means every rule runs in each window
-                c.set = RegexSetBuilder::new(pats).size_limit(1 << 24).dfa_size_limit(1 << 23).build().ok();
+                c.set = RegexSetBuilder::new(pats)
+                    .size_limit(1 << 24)
+                    .dfa_size_limit(1 << 23)
+                    .build()
+                    .ok();
             }
         }
         let mut terms: Vec<String> = Vec::new();
@@ -383,7 +410,11 @@ impl Redactor {
                     .match_kind(MatchKind::Standard)
                     .kind(Some(AhoCorasickKind::DFA))
                     .build(&terms)
-                    .or_else(|_| AhoCorasick::builder().ascii_case_insensitive(true).build(&terms))
+                    .or_else(|_| {
+                        AhoCorasick::builder()
+                            .ascii_case_insensitive(true)
+                            .build(&terms)
+                    })
                     .map_err(|e| format!("dictionaries: {e}"))?,
             )
         };
@@ -396,7 +427,11 @@ impl Redactor {
             (meta.len() - 1, floor)
         });
         let _ = default;
-        let min_digits = if meta.iter().any(|m| m.kind == "IPV4") { 4 } else { 7 };
+        let min_digits = if meta.iter().any(|m| m.kind == "IPV4") {
+            4
+        } else {
+            7
+        };
         Ok(Redactor {
             rules,
             classes,
@@ -405,7 +440,10 @@ impl Redactor {
             meta,
             secret_key,
             min_digits,
-            hash_key: cfg.hash_key.as_deref().map_or_else(process_key, |k| hmac(k, &[b"airlock/redact/master"])),
+            hash_key: cfg
+                .hash_key
+                .as_deref()
+                .map_or_else(process_key, |k| hmac(k, &[b"airlock/redact/master"])),
         })
     }
 
@@ -498,7 +536,9 @@ impl Redactor {
                 continue;
             }
             for &(ws, we) in win.get(c.class) {
-                let Some(window) = text.get(ws..we) else { continue };
+                let Some(window) = text.get(ws..we) else {
+                    continue;
+                };
                 match &c.set {
                     Some(set) => {
                         for k in set.matches(window).iter() {
@@ -521,7 +561,12 @@ impl Redactor {
                 let (s, e) = (m.start(), m.end());
                 if word_edge(text, b, s, true) && word_edge(text, b, e, false) {
                     if let Some(&mi) = self.dict_meta.get(m.pattern().as_usize()) {
-                        hits.push(Hit { s, e, meta: mi, action: Action::Mask });
+                        hits.push(Hit {
+                            s,
+                            e,
+                            meta: mi,
+                            action: Action::Mask,
+                        });
                     }
                 }
             }
@@ -537,8 +582,15 @@ impl Redactor {
             Some(g) => {
                 for c in rule.re.captures_iter(window) {
                     if let Some(m) = c.get(g).or_else(|| c.get(0)) {
-                        if let Some((s, e)) = detectors::validate(rule.validator, text, ws + m.start(), ws + m.end()) {
-                            hits.push(Hit { s, e, meta: i, action: Action::Mask });
+                        if let Some((s, e)) =
+                            detectors::validate(rule.validator, text, ws + m.start(), ws + m.end())
+                        {
+                            hits.push(Hit {
+                                s,
+                                e,
+                                meta: i,
+                                action: Action::Mask,
+                            });
                         }
                     }
                 }
@@ -549,12 +601,21 @@ impl Redactor {
                 // right after what it kept, not after the whole match.
                 let mut at = 0usize;
                 while at <= window.len() {
-                    let Some(m) = rule.re.find_at(window, at) else { break };
+                    let Some(m) = rule.re.find_at(window, at) else {
+                        break;
+                    };
                     let (ms, me) = (m.start(), m.end());
                     let mut next = me;
                     if ms < me {
-                        if let Some((s, e)) = detectors::validate(rule.validator, text, ws + ms, ws + me) {
-                            hits.push(Hit { s, e, meta: i, action: Action::Mask });
+                        if let Some((s, e)) =
+                            detectors::validate(rule.validator, text, ws + ms, ws + me)
+                        {
+                            hits.push(Hit {
+                                s,
+                                e,
+                                meta: i,
+                                action: Action::Mask,
+                            });
                             if e - ws < me {
                                 next = e - ws;
                             }
@@ -572,7 +633,10 @@ impl Redactor {
 }
 
 fn compile(p: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(p).size_limit(1 << 22).dfa_size_limit(1 << 22).build()
+    RegexBuilder::new(p)
+        .size_limit(1 << 22)
+        .dfa_size_limit(1 << 22)
+        .build()
 }
 
 /// Whether `i` is a word boundary in `text` (ASCII and Unicode alphanumerics count as word).
@@ -590,7 +654,12 @@ fn word_edge(text: &str, b: &[u8], i: usize, start: bool) -> bool {
 fn is_json(ct: Option<&str>, body: &[u8]) -> bool {
     match ct {
         Some(ct) => {
-            let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             media.ends_with("/json") || media.ends_with("+json")
         }
         None => body
@@ -606,9 +675,23 @@ fn secret_key_name(k: &str) -> bool {
     let k = k.trim_start_matches(['x', '-', '_']).replace('-', "_");
     matches!(
         k.as_str(),
-        "password" | "passwd" | "passphrase" | "pwd" | "secret" | "client_secret" | "secret_key"
-            | "api_key" | "apikey" | "access_token" | "auth_token" | "refresh_token" | "private_key"
-            | "token" | "authorization" | "aws_secret_access_key" | "db_password"
+        "password"
+            | "passwd"
+            | "passphrase"
+            | "pwd"
+            | "secret"
+            | "client_secret"
+            | "secret_key"
+            | "api_key"
+            | "apikey"
+            | "access_token"
+            | "auth_token"
+            | "refresh_token"
+            | "private_key"
+            | "token"
+            | "authorization"
+            | "aws_secret_access_key"
+            | "db_password"
     ) || k.ends_with("_password")
         || k.ends_with("_secret")
 }
@@ -650,8 +733,9 @@ impl Scan<'_, '_> {
             return false;
         }
         let b64 = |x: &[u8]| {
-            x.iter()
-                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'\\' | b'-' | b'_'))
+            x.iter().all(|&c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'\\' | b'-' | b'_')
+            })
         };
         if raw.starts_with(b"data:") {
             if let Some(comma) = raw.iter().take(128).position(|&c| c == b',') {
@@ -666,7 +750,15 @@ impl Scan<'_, '_> {
     }
 
     /// Scan one string (`start..end` raw content) and record its findings.
-    fn leaf(&mut self, start: usize, end: usize, json: bool, is_key: bool, path: &[Seg], _esc: bool) -> bool {
+    fn leaf(
+        &mut self,
+        start: usize,
+        end: usize,
+        json: bool,
+        is_key: bool,
+        path: &[Seg],
+        _esc: bool,
+    ) -> bool {
         let body = self.body;
         let Some(raw) = body.get(start..end) else {
             return false;
@@ -686,7 +778,13 @@ impl Scan<'_, '_> {
         };
         self.r.scan_text(text, &mut self.win, &mut hits);
         if let (Some((mi, floor)), false, true) = (self.r.secret_key, is_key, json) {
-            if let Some(Seg::Key { start: ks, end: ke, escaped, .. }) = path.last() {
+            if let Some(Seg::Key {
+                start: ks,
+                end: ke,
+                escaped,
+                ..
+            }) = path.last()
+            {
                 let kraw = body.get(*ks..*ke).unwrap_or_default();
                 let kname = if *escaped {
                     json::decode_string(kraw)
@@ -701,7 +799,12 @@ impl Scan<'_, '_> {
                     && detectors::validate(Validator::Entropy(floor), t, 0, t.len()).is_some()
                 {
                     let off = text.len() - text.trim_start().len();
-                    hits.push(Hit { s: off, e: off + t.len(), meta: mi, action: Action::Mask });
+                    hits.push(Hit {
+                        s: off,
+                        e: off + t.len(),
+                        meta: mi,
+                        action: Action::Mask,
+                    });
                 }
             }
         }
@@ -715,16 +818,31 @@ impl Scan<'_, '_> {
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-    fn record(&mut self, text: &str, norm: &Norm, fast: bool, start: usize, hits: &mut [Hit], is_key: bool, path: &[Seg]) {
+    fn record(
+        &mut self,
+        text: &str,
+        norm: &Norm,
+        fast: bool,
+        start: usize,
+        hits: &mut [Hit],
+        is_key: bool,
+        path: &[Seg],
+    ) {
         for h in hits.iter_mut() {
-            let Some(m) = self.r.meta.get(h.meta) else { continue };
-            h.action = self.overrides.and_then(|o| o.get(&m.kind).copied()).unwrap_or(m.action);
+            let Some(m) = self.r.meta.get(h.meta) else {
+                continue;
+            };
+            h.action = self
+                .overrides
+                .and_then(|o| o.get(&m.kind).copied())
+                .unwrap_or(m.action);
         }
         // Resolve overlaps in one sweep by start: of two overlapping hits keep
         // the enforcing one, then the longer, then the earlier rule.
         hits.sort_by_key(|h| (h.s, h.meta));
         let better = |a: &Hit, b: &Hit| {
-            (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta)) > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
+            (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
+                > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
         };
         let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
         for h in hits.iter() {
@@ -742,8 +860,14 @@ impl Scan<'_, '_> {
             p.push_str("{key}");
         }
         for h in kept {
-            let Some(m) = self.r.meta.get(h.meta) else { continue };
-            let (a, b) = if fast { (start + h.s, start + h.e) } else { norm.raw_span(h.s, h.e) };
+            let Some(m) = self.r.meta.get(h.meta) else {
+                continue;
+            };
+            let (a, b) = if fast {
+                (start + h.s, start + h.e)
+            } else {
+                norm.raw_span(h.s, h.e)
+            };
             self.findings.push(Finding {
                 kind: m.kind.clone(),
                 rule: m.name.clone(),
@@ -756,18 +880,20 @@ impl Scan<'_, '_> {
             match h.action {
                 Action::Block => {
                     if self.blocked.is_none() {
-                        self.blocked = Some(format!("{} found by rule {} at {}", m.kind, m.name, p));
+                        self.blocked =
+                            Some(format!("{} found by rule {} at {}", m.kind, m.name, p));
                     }
                 }
                 Action::Mask => self.repl.push((a, b, format!("[REDACTED:{}]", m.kind))),
                 Action::Hash => {
                     let value = text.get(h.s..h.e).unwrap_or_default();
                     let (r, app) = (self.r, self.app);
-                    let key = *self
-                        .app_key
-                        .get_or_insert_with(|| hmac(&r.hash_key, &[b"airlock/redact/app/", app.as_bytes()]));
+                    let key = *self.app_key.get_or_insert_with(|| {
+                        hmac(&r.hash_key, &[b"airlock/redact/app/", app.as_bytes()])
+                    });
                     let mac = hmac(&key, &[m.kind.as_bytes(), b"\0", value.as_bytes()]);
-                    self.repl.push((a, b, format!("[{}:{}]", m.kind, hex::encode(&mac[..4]))));
+                    self.repl
+                        .push((a, b, format!("[{}:{}]", m.kind, hex::encode(&mac[..4]))));
                 }
                 Action::Monitor => {}
             }
@@ -776,7 +902,14 @@ impl Scan<'_, '_> {
 }
 
 impl json::Visitor for Scan<'_, '_> {
-    fn string(&mut self, start: usize, end: usize, escaped: bool, is_key: bool, path: &[Seg]) -> bool {
+    fn string(
+        &mut self,
+        start: usize,
+        end: usize,
+        escaped: bool,
+        is_key: bool,
+        path: &[Seg],
+    ) -> bool {
         self.leaf(start, end, true, is_key, path, escaped)
     }
 }

@@ -66,7 +66,12 @@ impl Norm {
                 return;
             }
         }
-        self.spans.push(Span { norm: n as u32, raw: raw as u32, raw_len: t.len() as u32, identity: true });
+        self.spans.push(Span {
+            norm: n as u32,
+            raw: raw as u32,
+            raw_len: t.len() as u32,
+            identity: true,
+        });
         self.text.push_str(t);
     }
 
@@ -87,7 +92,12 @@ impl Norm {
                 return;
             }
         }
-        self.spans.push(Span { norm: n as u32, raw: raw as u32, raw_len: (raw_end - raw) as u32, identity: false });
+        self.spans.push(Span {
+            norm: n as u32,
+            raw: raw as u32,
+            raw_len: (raw_end - raw) as u32,
+            identity: false,
+        });
     }
 }
 
@@ -158,7 +168,10 @@ fn unicode_at(b: &[u8], at: usize, bs: usize) -> Option<(char, usize)> {
     let mut end = at + 5;
     let cp = if (0xD800..0xDC00).contains(&hi) {
         let lo_at = end + bs;
-        if b.get(end..lo_at).is_some_and(|x| x.iter().all(|&c| c == b'\\')) && b.get(lo_at) == Some(&b'u') {
+        if b.get(end..lo_at)
+            .is_some_and(|x| x.iter().all(|&c| c == b'\\'))
+            && b.get(lo_at) == Some(&b'u')
+        {
             let lo = hex4(b, lo_at + 1)?;
             if !(0xDC00..0xE000).contains(&lo) {
                 return None;

@@ -35,7 +35,8 @@ static CLASS: [u8; 256] = {
     let mut c = 0usize;
     while c < 256 {
         let b = c as u8;
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~')
+        {
             t[c] |= 1;
         }
         if b.is_ascii_digit() {
@@ -164,17 +165,26 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
             skipped += 1;
         }
         let mut s = e;
-        while s > 0 && e - s < 40 && (b[s - 1].is_ascii_alphanumeric() || matches!(b[s - 1], b'_' | b'-')) {
+        while s > 0
+            && e - s < 40
+            && (b[s - 1].is_ascii_alphanumeric() || matches!(b[s - 1], b'_' | b'-'))
+        {
             s -= 1;
         }
         if s == e {
             continue;
         }
         let word = &b[s..e];
-        let hit = ASSIGN_LABELS.iter().any(|l| contains_ci(word, l.as_bytes()));
+        let hit = ASSIGN_LABELS
+            .iter()
+            .any(|l| contains_ci(word, l.as_bytes()));
         if hit {
             let end = expand_right(b, (at + 1).min(b.len()), 200);
-            let end = if end <= at { (at + 200).min(b.len()) } else { end };
+            let end = if end <= at {
+                (at + 200).min(b.len())
+            } else {
+                end
+            };
             let end = floor_boundary(text, end);
             push(&mut w.assign, (s, end.max(at + 1).min(b.len())));
         }
@@ -212,7 +222,9 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
             // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
             // hashes) cannot hold any token format
             let run = &b[s..e];
-            let hexish = run.iter().all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
+            let hexish = run
+                .iter()
+                .all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
                 && run.iter().any(|c| (b'a'..=b'f').contains(c));
             if hexish {
                 hex_runs.push((s, e));
@@ -262,14 +274,19 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         // national phones 9–10, cards 13; an international phone 8 after a
         // `+`; an IBAN starts with two capitals and two digits; a date of
         // birth needs its label. ISO dates, times and amounts open nothing.
-        let plus = s > 0 && matches!(b[s - 1], b'+' | b'(') && s > 1 && (b[s - 1] == b'+' || b[s - 2] == b'+');
+        let plus = s > 0
+            && matches!(b[s - 1], b'+' | b'(')
+            && s > 1
+            && (b[s - 1] == b'+' || b[s - 2] == b'+');
         // glued to letters: a slice of an identifier (UUID, hash, SKU)
         if n < 4 {
             i = e.max(s + 1);
             continue;
         }
         let single = b[s..e].iter().all(u8::is_ascii_digit);
-        let glued = single && ((s > 0 && b[s - 1].is_ascii_alphabetic()) || b.get(e).is_some_and(u8::is_ascii_alphabetic));
+        let glued = single
+            && ((s > 0 && b[s - 1].is_ascii_alphabetic())
+                || b.get(e).is_some_and(u8::is_ascii_alphabetic));
         // inside a UUID / hash run found above: not a number
         while hex_runs.get(hx).is_some_and(|r| r.1 <= s) {
             hx += 1;
@@ -295,12 +312,21 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
 /// Two capitals followed by two digits just before or at the start of a
 /// cluster: where an IBAN begins.
 fn iban_start(before: &[u8], cluster: &[u8]) -> bool {
-    let starts = |x: &[u8]| x.len() >= 4 && x[0].is_ascii_uppercase() && x[1].is_ascii_uppercase() && x[2].is_ascii_digit() && x[3].is_ascii_digit();
+    let starts = |x: &[u8]| {
+        x.len() >= 4
+            && x[0].is_ascii_uppercase()
+            && x[1].is_ascii_uppercase()
+            && x[2].is_ascii_digit()
+            && x[3].is_ascii_digit()
+    };
     (0..before.len()).any(|k| starts(&before[k..])) || {
         // the country code glued to the cluster: "DE89 3704 ..." has the
         // cluster start at "89", two capitals right before it
         let l = before.len();
-        l >= 2 && before[l - 2].is_ascii_uppercase() && before[l - 1].is_ascii_uppercase() && cluster.len() >= 2
+        l >= 2
+            && before[l - 2].is_ascii_uppercase()
+            && before[l - 1].is_ascii_uppercase()
+            && cluster.len() >= 2
     }
 }
 
@@ -318,7 +344,11 @@ fn dob_label(before: &[u8]) -> bool {
     const LABELS: &[&[u8]] = &[b"dob", b"d.o.b", b"birth", b"born", b"naissance", b"geburt"];
     before.iter().enumerate().any(|(k, &c)| {
         matches!(c | 0x20, b'b' | b'd' | b'n' | b'g')
-            && LABELS.iter().any(|l| before.get(k..k + l.len()).is_some_and(|x| x.eq_ignore_ascii_case(l)))
+            && LABELS.iter().any(|l| {
+                before
+                    .get(k..k + l.len())
+                    .is_some_and(|x| x.eq_ignore_ascii_case(l))
+            })
     })
 }
 
@@ -333,7 +363,8 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
         return false;
     }
     (0..=hay.len() - needle.len()).any(|k| {
-        hay[k].to_ascii_lowercase() == first && hay[k + 1..k + needle.len()].eq_ignore_ascii_case(rest)
+        hay[k].to_ascii_lowercase() == first
+            && hay[k + 1..k + needle.len()].eq_ignore_ascii_case(rest)
     })
 }
 
