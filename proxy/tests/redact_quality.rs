@@ -432,6 +432,25 @@ fn hash_is_stable_per_app_and_differs_across_apps() {
 }
 
 #[test]
+fn hashed_output_is_stable_under_a_second_pass() {
+    let dir = tempdir("hash2");
+    std::fs::write(
+        dir.join("r.yaml"),
+        "hash_key: \"0123456789abcdef0123\"\ndefault_action: hash\n",
+    )
+    .unwrap();
+    let r = Redactor::load(&dir.join("r.yaml")).unwrap();
+    let body = chat("password=Zq8#kLm2!vR9xT mail a@example.com card 4111 1111 1111 1111 key AKIAIOSFODNN7EXAMPL3");
+    let once = out_str(&run(&r, &body), &body);
+    assert!(
+        once.contains("[SECRET:") && once.contains("[CARD:"),
+        "{once}"
+    );
+    let twice = run(&r, once.as_bytes());
+    assert!(twice.findings.is_empty(), "{:?} in {once}", twice.findings);
+}
+
+#[test]
 fn block_and_monitor_and_overrides() {
     let r = Redactor::builtin();
     let body = chat("key AKIAIOSFODNN7EXAMPL3 mail x@example.com");

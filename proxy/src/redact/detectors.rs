@@ -307,7 +307,7 @@ pub(crate) fn validate(v: Validator, text: &str, s: usize, e: usize) -> Option<(
         Validator::Ipv4 => isolated_dots(text, s, e) && ipv4_ok(m),
         Validator::Ipv6 => return ipv6(text, s, e),
         Validator::Dob => dob_ok(m),
-        Validator::Entropy(min) => entropy(m) >= min && !placeholder(m),
+        Validator::Entropy(min) => entropy(m) >= min && !placeholder(m) && !our_token(text, s, e),
         Validator::Isolated => isolated(text, s, e),
         Validator::Luhn => {
             let d: Vec<u8> = m
@@ -723,6 +723,22 @@ pub(crate) fn entropy(m: &str) -> f64 {
             -p * p.log2()
         })
         .sum()
+}
+
+/// The hex of one of our own `[TYPE:xxxxxxxx]` hash tokens (so a second
+/// pass over redacted output changes nothing).
+fn our_token(text: &str, s: usize, e: usize) -> bool {
+    let b = text.as_bytes();
+    if b.get(e) != Some(&b']') || s == 0 || b[s - 1] != b':' {
+        return false;
+    }
+    let head = &b[s.saturating_sub(41)..s - 1];
+    match head.iter().rposition(|&c| c == b'[') {
+        Some(k) => head[k + 1..]
+            .iter()
+            .all(|&c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_'),
+        None => false,
+    }
 }
 
 /// Obvious placeholders that are not secrets.
