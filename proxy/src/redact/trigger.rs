@@ -342,6 +342,13 @@ fn date_like(c: &[u8], n: usize) -> bool {
 /// Whether a date-of-birth label is in `before` (the bytes ahead of a date).
 fn dob_label(before: &[u8]) -> bool {
     const LABELS: &[&[u8]] = &[b"dob", b"d.o.b", b"birth", b"born", b"naissance", b"geburt"];
+    // every label but "naissance" has a `b`: rule most text out with memchr
+    if memchr::memchr2(b'b', b'B', before).is_none()
+        && memchr::memmem::find(before, b"aissance").is_none()
+        && memchr::memmem::find(before, b"AISSANCE").is_none()
+    {
+        return false;
+    }
     before.iter().enumerate().any(|(k, &c)| {
         matches!(c | 0x20, b'b' | b'd' | b'n' | b'g')
             && LABELS.iter().any(|l| {
