@@ -1,2 +1,1 @@
 //! airlock
-pub mod redact;
