@@ -295,14 +295,20 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
             i = hex_runs.get(hx).map_or(e, |r| r.1).max(s + 1);
             continue;
         }
+        let iban = n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]);
+        let dob =
+            n <= 8 && (date_like(&b[s..e], n) || n >= 6) && dob_label(&b[s.saturating_sub(40)..s]);
         let could = (!glued && n >= 9)
             || (n >= min_digits && min_digits < 7)
             || (plus && n >= 7)
-            || (n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]))
-            || (date_like(&b[s..e], n) || n >= 6) && dob_label(&b[s.saturating_sub(40)..s]);
+            || iban
+            || dob;
         if could {
-            let ws = expand_left(b, s, 40);
-            let we = floor_boundary(text, expand_right(b, e, 40));
+            // context the patterns need: a label before ("social security
+            // number: ", "date of birth: "), an IBAN's letter groups after;
+            // small windows stay separate in dense text
+            let ws = expand_left(b, s, if dob { 40 } else { 28 });
+            let we = floor_boundary(text, expand_right(b, e, if iban { 40 } else { 8 }));
             push(&mut w.digits, (ws, we.max(e)));
         }
         i = e.max(s + 1);
