@@ -393,7 +393,7 @@ impl Redactor {
             });
             for t in &d.terms {
                 let mut n = Norm::default();
-                normalize::normalize(t.as_bytes(), 0, false, &mut n);
+                normalize::normalize(t, 0, false, &mut n);
                 let n = n.text.trim().to_string();
                 if !n.is_empty() {
                     terms.push(n);
@@ -465,9 +465,21 @@ impl Redactor {
         let prompt_sha256 = sha256_hex(req.body);
         let decoded = decode::decode(req.body, req.content_encoding, req.max_bytes)?;
         let input: &[u8] = decoded.as_deref().unwrap_or(req.body);
+        let json = is_json(req.content_type, input);
+        let text = match std::str::from_utf8(input) {
+            Ok(t) => t,
+            Err(_) if json => return Err(Refusal::BadJson("body is not valid UTF-8".into())),
+            Err(_) => {
+                return Err(Refusal::UnsupportedEncoding(format!(
+                    "body of type {:?} is not UTF-8 text",
+                    req.content_type.unwrap_or("(none)")
+                )))
+            }
+        };
         let mut scan = Scan {
             r: self,
             body: input,
+            text,
             app: req.app,
             overrides: req.overrides,
             app_key: None,
@@ -478,21 +490,12 @@ impl Redactor {
             hits: Vec::new(),
             win: Windows::default(),
         };
-        if is_json(req.content_type, input) {
-            if std::str::from_utf8(input).is_err() {
-                return Err(Refusal::BadJson("body is not valid UTF-8".into()));
-            }
+        if json {
             json::walk(input, &mut scan).map_err(|e| match e {
                 json::JsonError::Syntax(m) => Refusal::BadJson(m),
                 json::JsonError::Duplicate(m) => Refusal::DuplicateKey(m),
             })?;
         } else {
-            if std::str::from_utf8(input).is_err() {
-                return Err(Refusal::UnsupportedEncoding(format!(
-                    "body of type {:?} is not UTF-8 text",
-                    req.content_type.unwrap_or("(none)")
-                )));
-            }
             scan.text_body();
         }
         let Scan {
@@ -709,6 +712,8 @@ struct Hit {
 struct Scan<'r, 'b> {
     r: &'r Redactor,
     body: &'b [u8],
+    /// `body` as text (validated once).
+    text: &'b str,
     app: &'b str,
     overrides: Option<&'b HashMap<String, Action>>,
     app_key: Option<[u8; 32]>,
@@ -769,11 +774,12 @@ impl Scan<'_, '_> {
         let mut norm = std::mem::take(&mut self.norm);
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
+        let raw_text = self.text.get(start..end).unwrap_or_default();
         let fast = !normalize::needs_normalizing(raw);
         let text: &str = if fast {
-            std::str::from_utf8(raw).unwrap_or("")
+            raw_text
         } else {
-            normalize::normalize(raw, start, json, &mut norm);
+            normalize::normalize(raw_text, start, json, &mut norm);
             &norm.text
         };
         self.r.scan_text(text, &mut self.win, &mut hits);

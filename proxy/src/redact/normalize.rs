@@ -191,19 +191,15 @@ fn unicode_at(b: &[u8], at: usize, bs: usize) -> Option<(char, usize)> {
 /// `raw` is the content of a JSON string (first-level escapes to decode).
 /// Escapes one level down (`\\u0040` in JSON, `\u0040` in text) are decoded
 /// too, except `\"` so a replacement never removes an inner quote.
-pub(crate) fn normalize(raw: &[u8], base: usize, json: bool, out: &mut Norm) {
+pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
     out.text.clear();
     out.spans.clear();
-    let text = match std::str::from_utf8(raw) {
-        Ok(t) => t,
-        Err(_) => return,
-    };
-    let b = raw;
+    let b = text.as_bytes();
     let mut i = 0usize;
     while i < b.len() {
         let j = next_special(b, i);
         if j > i {
-            out.push_identity(&text[i..j], base + i);
+            out.push_identity(text.get(i..j).unwrap_or_default(), base + i);
             i = j;
             continue;
         }
@@ -211,6 +207,10 @@ pub(crate) fn normalize(raw: &[u8], base: usize, json: bool, out: &mut Norm) {
             let (c, end) = escape_at(b, i, json);
             out.push_unit(c, base + i, base + end);
             i = end;
+            // an escape is ASCII, so `end` is a boundary; stay safe if not
+            while i < b.len() && !text.is_char_boundary(i) {
+                i += 1;
+            }
             continue;
         }
         let Some(c) = text.get(i..).and_then(|t| t.chars().next()) else {
@@ -218,7 +218,7 @@ pub(crate) fn normalize(raw: &[u8], base: usize, json: bool, out: &mut Norm) {
         };
         let end = i + c.len_utf8();
         if nfkc_stable(c) {
-            out.push_identity(&text[i..end], base + i);
+            out.push_identity(text.get(i..end).unwrap_or_default(), base + i);
         } else {
             out.push_unit(c, base + i, base + end);
         }

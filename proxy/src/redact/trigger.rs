@@ -241,8 +241,13 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
     let mut i = 0usize;
     let mut hx = 0usize;
     while i < b.len() {
-        // skip 8 bytes at a time while none is a digit
-        while i + 8 <= b.len() && !has_digit(&b[i..i + 8]) {
+        // skip 8 bytes at a time while none is a digit, then jump to it
+        while i + 8 <= b.len() {
+            let m = digit_mask(&b[i..i + 8]);
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
             i += 8;
         }
         while i < b.len() && !b[i].is_ascii_digit() {
@@ -351,7 +356,6 @@ fn dob_label(before: &[u8]) -> bool {
     // every label but "naissance" has a `b`: rule most text out with memchr
     if memchr::memchr2(b'b', b'B', before).is_none()
         && memchr::memmem::find(before, b"aissance").is_none()
-        && memchr::memmem::find(before, b"AISSANCE").is_none()
     {
         return false;
     }
@@ -390,8 +394,10 @@ fn floor_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
+/// High bit set in each byte of `chunk` (8 bytes, little-endian) that is an
+/// ASCII digit.
 #[inline]
-fn has_digit(chunk: &[u8]) -> bool {
+fn digit_mask(chunk: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(chunk);
     let x = u64::from_le_bytes(a);
@@ -401,5 +407,5 @@ fn has_digit(chunk: &[u8]) -> bool {
     let low7 = x & !HIGH;
     let ge30 = low7.wrapping_add(ONES * (0x80 - 0x30));
     let le39 = (ONES * (0x80 + 0x39)).wrapping_sub(low7);
-    (ge30 & le39 & !x & HIGH) != 0
+    ge30 & le39 & !x & HIGH
 }
