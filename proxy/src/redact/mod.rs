@@ -1,0 +1,924 @@
+//! Inline redaction of prompt payloads (the `redact` stage of a request's walk).
+//!
+//! Runs after identity and routing, before budget and policy: the proxy hands
+//! the buffered request body to [`Redactor::redact`], which decodes any
+//! `Content-Encoding`, walks the JSON (or takes `text/plain` whole), runs the
+//! detectors over every string the model will see, and returns an
+//! [`Outcome`]: the rewritten body (or `None` to forward the original bytes),
+//! the findings (never the values), a block reason, and the SHA-256 of the
+//! original body. A body it cannot inspect is a [`Refusal`], never forwarded.
+//!
+//! Cost: a single pass over the body; strings that are plain ASCII without
+//! escapes are scanned in place (no copy); a `RegexSet` pass decides which
+//! detector patterns to confirm. See `docs/redaction.md` for numbers.
+//!
+//! Never panics on any input, and memory is bounded by `max_bytes` times a
+//! small constant (the decoded body, one normalised string and its offset map).
+
+mod config;
+mod decode;
+mod detectors;
+mod json;
+mod normalize;
+mod trigger;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+pub use config::{ConfigLocation, RedactConfigError};
+use detectors::Validator;
+use json::Seg;
+use normalize::Norm;
+use trigger::{Class, Windows};
+
+/// What a rule does with what it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Replace with `[REDACTED:TYPE]`.
+    Mask,
+    /// Replace with `[TYPE:xxxxxxxx]`, a keyed hash stable per app.
+    Hash,
+    /// Refuse the request (403).
+    Block,
+    /// Count and log only; the body is not changed.
+    Monitor,
+}
+
+impl Action {
+    /// Parse the lowercase name used in configuration and policy.
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "mask" => Some(Action::Mask),
+            "hash" => Some(Action::Hash),
+            "block" => Some(Action::Block),
+            "monitor" => Some(Action::Monitor),
+            _ => None,
+        }
+    }
+
+    /// The lowercase name (also the metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Mask => "mask",
+            Action::Hash => "hash",
+            Action::Block => "block",
+            Action::Monitor => "monitor",
+        }
+    }
+
+    /// Priority when two findings overlap: enforcing actions beat monitor.
+    fn rank(self) -> u8 {
+        match self {
+            Action::Block => 3,
+            Action::Mask | Action::Hash => 2,
+            Action::Monitor => 1,
+        }
+    }
+}
+
+/// One request body to scan, with what the proxy knows about it.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanRequest<'a> {
+    /// The body as received from the app.
+    pub body: &'a [u8],
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// The `Content-Encoding` header, if any.
+    pub content_encoding: Option<&'a str>,
+    /// Request path, e.g. `/v1/chat/completions` (the provider shape).
+    pub path: &'a str,
+    /// The app the request belongs to (keys the `hash` action).
+    pub app: &'a str,
+    /// Largest body accepted, before and after decompression.
+    pub max_bytes: usize,
+    /// Per-type action overrides from the policy (type name → action).
+    pub overrides: Option<&'a HashMap<String, Action>>,
+}
+
+/// One thing found. Carries where and what kind, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Finding type, e.g. `EMAIL`, `CARD`, `AWS_KEY`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The rule that fired, e.g. `phone.e164` or a dictionary's name.
+    pub rule: String,
+    /// The action taken (after policy overrides).
+    pub action: Action,
+    /// JSON path of the string (`$` for a text body); keys holding a finding print as `[*]`.
+    pub path: String,
+    /// True when the finding is in an object key rather than a value.
+    pub in_key: bool,
+    /// Byte span in the scanned input (the decoded body when it was compressed).
+    pub start: usize,
+    /// End of the byte span (exclusive).
+    pub end: usize,
+}
+
+/// The result of scanning one body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The body to forward; `None` means forward the original bytes unchanged.
+    pub body: Option<Vec<u8>>,
+    /// True when `body` is the decoded form: drop `Content-Encoding`.
+    pub decompressed: bool,
+    /// What was found, in body order.
+    pub findings: Vec<Finding>,
+    /// Set when a `block` rule fired: the reason (types and rule, no values).
+    pub blocked: Option<String>,
+    /// Hex SHA-256 of the body as received.
+    pub prompt_sha256: String,
+}
+
+/// A body that cannot be inspected and so must not be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Refusal {
+    /// Claims JSON (or looks like it) but does not parse: 400.
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    /// An object repeats a key: 400.
+    #[error("request body has a {0}")]
+    DuplicateKey(String),
+    /// Unknown or undecodable content coding, or a body that is not text: 415.
+    #[error("request body cannot be inspected: {0}")]
+    UnsupportedEncoding(String),
+    /// Larger than `max_bytes`, before or after decoding: 413.
+    #[error("request body is larger than the inspection limit")]
+    TooLarge,
+}
+
+/// Count findings per type (for the decision record and metrics).
+pub fn findings_by_type(findings: &[Finding]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for f in findings {
+        *m.entry(f.kind.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Name, type and default action of one compiled rule.
+#[derive(Debug, Clone)]
+struct Meta {
+    name: String,
+    kind: String,
+    action: Action,
+}
+
+struct Rule {
+    re: Regex,
+    group: Option<usize>,
+    validator: Validator,
+}
+
+/// The rules run behind one trigger class, with a set to pick among them
+/// inside a window.
+struct ClassRules {
+    class: Class,
+    set: Option<RegexSet>,
+    rules: Vec<usize>,
+}
+
+/// Compiled, immutable rule set; `Send + Sync`; built once per config (re)load.
+pub struct Redactor {
+    rules: Vec<Rule>,
+    classes: Vec<ClassRules>,
+    dict: Option<AhoCorasick>,
+    /// Pattern id of the dictionary automaton → index into `meta`.
+    dict_meta: Vec<usize>,
+    /// `rules` (same index), then dictionaries, then the JSON-key secret rule.
+    meta: Vec<Meta>,
+    /// `meta` index and entropy floor of the secret-by-JSON-key check.
+    secret_key: Option<(usize, f64)>,
+    /// Digits in a cluster that open a window (4 with IPv4 on, else 7).
+    min_digits: usize,
+    hash_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field(
+                "rules",
+                &self
+                    .meta
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hex SHA-256.
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    for p in parts {
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// A per-process random key, used when the configuration names none
+/// (tokens are then stable only for the life of the process).
+fn process_key() -> [u8; 32] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = Sha256::new();
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let mut buf = [0u8; 32];
+        if std::io::Read::read_exact(&mut f, &mut buf).is_ok() {
+            h.update(buf);
+        }
+    }
+    let mut s = std::collections::hash_map::RandomState::new().build_hasher();
+    s.write_u32(std::process::id());
+    h.update(s.finish().to_le_bytes());
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.update(d.as_nanos().to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+impl Redactor {
+    /// Load `redaction.yaml` and the dictionary files it names (relative to
+    /// its directory). Runs at start and on reload, off the request path.
+    /// Every problem is returned, each naming file, line if known, key and value.
+    pub fn load(path: &Path) -> Result<Redactor, Vec<RedactConfigError>> {
+        let cfg = config::load(path)?;
+        Self::build(&cfg).map_err(|reason| {
+            vec![RedactConfigError::InvalidValue {
+                at: ConfigLocation {
+                    file: path.to_path_buf(),
+                    line: None,
+                    key: "rules".into(),
+                },
+                value: String::new(),
+                reason,
+            }]
+        })
+    }
+
+    /// The built-in detectors at their defaults (IPv4/IPv6 off), all masking,
+    /// no dictionaries, a per-process hash key.
+    pub fn builtin() -> Redactor {
+        match Self::build(&config::FileCfg::default()) {
+            Ok(r) => r,
+            // The built-in patterns are fixed and covered by tests; should
+            // the set ever not compile, an empty redactor still refuses
+            // nothing and finds nothing rather than panicking.
+            Err(_) => Redactor {
+                rules: Vec::new(),
+                classes: Vec::new(),
+                dict: None,
+                dict_meta: Vec::new(),
+                meta: Vec::new(),
+                secret_key: None,
+                min_digits: 7,
+                hash_key: process_key(),
+            },
+        }
+    }
+
+    fn build(cfg: &config::FileCfg) -> Result<Redactor, String> {
+        let mut rules = Vec::new();
+        let mut meta = Vec::new();
+        let mut classes: Vec<ClassRules> = Vec::new();
+        let mut add = |class: Class, idx: usize| match classes.iter_mut().find(|c| c.class == class)
+        {
+            Some(c) => c.rules.push(idx),
+            None => classes.push(ClassRules {
+                class,
+                set: None,
+                rules: vec![idx],
+            }),
+        };
+        let mut patterns: Vec<String> = Vec::new();
+        let mut secret_key = None;
+        let default = cfg.default_action.unwrap_or(Action::Mask);
+        for b in detectors::builtins() {
+            let dc = cfg.detectors.iter().find(|d| d.id == b.detector);
+            if !dc.and_then(|d| d.enabled).unwrap_or(b.enabled) {
+                continue;
+            }
+            let action = dc
+                .and_then(|d| d.action)
+                .or(cfg.default_action)
+                .unwrap_or(b.action);
+            let validator = match (b.validator, dc.and_then(|d| d.min_entropy)) {
+                (Validator::Entropy(_), Some(x)) => Validator::Entropy(x),
+                (v, _) => v,
+            };
+            if b.detector == "secret_assignment" {
+                let floor = match validator {
+                    Validator::Entropy(x) => x,
+                    _ => detectors::DEFAULT_SECRET_ENTROPY,
+                };
+                secret_key = Some((action, floor));
+            }
+            let re = compile(b.pattern).map_err(|e| format!("built-in rule {}: {e}", b.rule))?;
+            let group = re.capture_names().position(|n| n == Some("v"));
+            patterns.push(b.pattern.to_string());
+            add(detectors::class_of(b.detector), rules.len());
+            rules.push(Rule {
+                re,
+                group,
+                validator,
+            });
+            meta.push(Meta {
+                name: b.rule.to_string(),
+                kind: b.kind.to_string(),
+                action,
+            });
+        }
+        for r in &cfg.rules {
+            let re = compile(&r.pattern).map_err(|e| format!("rule {}: {e}", r.name))?;
+            let group = re.capture_names().position(|n| n == Some("v"));
+            patterns.push(r.pattern.clone());
+            add(Class::Always, rules.len());
+            rules.push(Rule {
+                re,
+                group,
+                validator: r.validator,
+            });
+            meta.push(Meta {
+                name: r.name.clone(),
+                kind: r.kind.clone(),
+                action: r.action,
+            });
+        }
+        for c in &mut classes {
+            if c.class != Class::Always && c.rules.len() > 1 {
+                let pats: Vec<&str> = c
+                    .rules
+                    .iter()
+                    .filter_map(|&i| patterns.get(i).map(String::as_str))
+                    .collect();
+                // no set (the size limit) just means every rule runs in each window
+                c.set = RegexSetBuilder::new(pats)
+                    .size_limit(1 << 24)
+                    .dfa_size_limit(1 << 23)
+                    .build()
+                    .ok();
+            }
+        }
+        let mut terms: Vec<String> = Vec::new();
+        let mut dict_meta = Vec::new();
+        for d in &cfg.dictionaries {
+            let mi = meta.len();
+            meta.push(Meta {
+                name: d.name.clone(),
+                kind: d.kind.clone(),
+                action: d.action,
+            });
+            for t in &d.terms {
+                let mut n = Norm::default();
+                normalize::normalize(t, 0, false, &mut n);
+                let n = n.text.trim().to_string();
+                if !n.is_empty() {
+                    terms.push(n);
+                    dict_meta.push(mi);
+                }
+            }
+        }
+        let dict = if terms.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::Standard)
+                    .kind(Some(AhoCorasickKind::DFA))
+                    .build(&terms)
+                    .or_else(|_| {
+                        AhoCorasick::builder()
+                            .ascii_case_insensitive(true)
+                            .build(&terms)
+                    })
+                    .map_err(|e| format!("dictionaries: {e}"))?,
+            )
+        };
+        let secret_key = secret_key.map(|(action, floor)| {
+            meta.push(Meta {
+                name: "secret_assignment.json_key".into(),
+                kind: "SECRET".into(),
+                action,
+            });
+            (meta.len() - 1, floor)
+        });
+        let _ = default;
+        let min_digits = if meta.iter().any(|m| m.kind == "IPV4") {
+            4
+        } else {
+            7
+        };
+        Ok(Redactor {
+            rules,
+            classes,
+            dict,
+            dict_meta,
+            meta,
+            secret_key,
+            min_digits,
+            hash_key: cfg
+                .hash_key
+                .as_deref()
+                .map_or_else(process_key, |k| hmac(k, &[b"airlock/redact/master"])),
+        })
+    }
+
+    /// Names, types and default actions of every compiled rule, for the
+    /// effective-config dump on the admin port.
+    pub fn rules(&self) -> Vec<(String, String, Action)> {
+        self.meta
+            .iter()
+            .map(|m| (m.name.clone(), m.kind.clone(), m.action))
+            .collect()
+    }
+
+    /// Scan one request body. Runs on the request path: never panics, and
+    /// memory stays within a small multiple of `max_bytes`.
+    pub fn redact(&self, req: &ScanRequest<'_>) -> Result<Outcome, Refusal> {
+        if req.body.len() > req.max_bytes {
+            return Err(Refusal::TooLarge);
+        }
+        let prompt_sha256 = sha256_hex(req.body);
+        let decoded = decode::decode(req.body, req.content_encoding, req.max_bytes)?;
+        let input: &[u8] = decoded.as_deref().unwrap_or(req.body);
+        let json = is_json(req.content_type, input);
+        let text = match std::str::from_utf8(input) {
+            Ok(t) => t,
+            Err(_) if json => return Err(Refusal::BadJson("body is not valid UTF-8".into())),
+            Err(_) => {
+                return Err(Refusal::UnsupportedEncoding(format!(
+                    "body of type {:?} is not UTF-8 text",
+                    req.content_type.unwrap_or("(none)")
+                )))
+            }
+        };
+        let mut scan = Scan {
+            r: self,
+            body: input,
+            text,
+            app: req.app,
+            overrides: req.overrides,
+            app_key: None,
+            findings: Vec::new(),
+            repl: Vec::new(),
+            blocked: None,
+            norm: Norm::default(),
+            hits: Vec::new(),
+            win: Windows::default(),
+        };
+        if json {
+            json::walk(input, &mut scan).map_err(|e| match e {
+                json::JsonError::Syntax(m) => Refusal::BadJson(m),
+                json::JsonError::Duplicate(m) => Refusal::DuplicateKey(m),
+            })?;
+        } else {
+            scan.text_body();
+        }
+        let Scan {
+            findings,
+            mut repl,
+            blocked,
+            ..
+        } = scan;
+        let body = if blocked.is_some() || repl.is_empty() {
+            None
+        } else {
+            repl.sort_by_key(|r| r.0);
+            let mut out = Vec::with_capacity(input.len() + repl.len() * 16);
+            let mut at = 0;
+            for (s, e, tok) in &repl {
+                out.extend_from_slice(input.get(at..*s).unwrap_or_default());
+                out.extend_from_slice(tok.as_bytes());
+                at = *e;
+            }
+            out.extend_from_slice(input.get(at..).unwrap_or_default());
+            Some(out)
+        };
+        Ok(Outcome {
+            decompressed: body.is_some() && decoded.is_some(),
+            body,
+            findings,
+            blocked,
+            prompt_sha256,
+        })
+    }
+
+    /// Run every detector over normalised `text`; candidate hits go to `hits`
+    /// with spans in `text`.
+    fn scan_text(&self, text: &str, win: &mut Windows, hits: &mut Vec<Hit>) {
+        trigger::find(text, self.min_digits, win);
+        for c in &self.classes {
+            if c.class == Class::Always {
+                for &i in &c.rules {
+                    self.run_rule(i, text, 0, text.len(), hits);
+                }
+                continue;
+            }
+            for &(ws, we) in win.get(c.class) {
+                let Some(window) = text.get(ws..we) else {
+                    continue;
+                };
+                match &c.set {
+                    Some(set) => {
+                        for k in set.matches(window).iter() {
+                            if let Some(&i) = c.rules.get(k) {
+                                self.run_rule(i, text, ws, we, hits);
+                            }
+                        }
+                    }
+                    None => {
+                        for &i in &c.rules {
+                            self.run_rule(i, text, ws, we, hits);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(ac) = &self.dict {
+            let b = text.as_bytes();
+            for m in ac.find_overlapping_iter(text) {
+                let (s, e) = (m.start(), m.end());
+                if word_edge(text, b, s, true) && word_edge(text, b, e, false) {
+                    if let Some(&mi) = self.dict_meta.get(m.pattern().as_usize()) {
+                        hits.push(Hit {
+                            s,
+                            e,
+                            meta: mi,
+                            action: Action::Mask,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run rule `i` over `text[ws..we]`, validating against the whole text.
+    fn run_rule(&self, i: usize, text: &str, ws: usize, we: usize, hits: &mut Vec<Hit>) {
+        let (Some(rule), Some(window)) = (self.rules.get(i), text.get(ws..we)) else {
+            return;
+        };
+        match rule.group {
+            Some(g) => {
+                for c in rule.re.captures_iter(window) {
+                    if let Some(m) = c.get(g).or_else(|| c.get(0)) {
+                        if let Some((s, e)) =
+                            detectors::validate(rule.validator, text, ws + m.start(), ws + m.end())
+                        {
+                            hits.push(Hit {
+                                s,
+                                e,
+                                meta: i,
+                                action: Action::Mask,
+                            });
+                        }
+                    }
+                }
+            }
+            None => {
+                // A validator may narrow a match (a card inside a longer run of
+                // digit groups, an IBAN followed by another): search again
+                // right after what it kept, not after the whole match.
+                let mut at = 0usize;
+                while at <= window.len() {
+                    let Some(m) = rule.re.find_at(window, at) else {
+                        break;
+                    };
+                    let (ms, me) = (m.start(), m.end());
+                    let mut next = me;
+                    if ms < me {
+                        if let Some((s, e)) =
+                            detectors::validate(rule.validator, text, ws + ms, ws + me)
+                        {
+                            hits.push(Hit {
+                                s,
+                                e,
+                                meta: i,
+                                action: Action::Mask,
+                            });
+                            if e - ws < me {
+                                next = e - ws;
+                            }
+                        }
+                    }
+                    next = next.max(ms + 1);
+                    while next < window.len() && !window.is_char_boundary(next) {
+                        next += 1;
+                    }
+                    at = next;
+                }
+            }
+        }
+    }
+}
+
+fn compile(p: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(p)
+        .size_limit(1 << 22)
+        .dfa_size_limit(1 << 22)
+        .build()
+}
+
+/// Whether `i` is a word boundary in `text` (ASCII and Unicode alphanumerics count as word).
+fn word_edge(text: &str, b: &[u8], i: usize, start: bool) -> bool {
+    let c = if start {
+        text.get(..i).and_then(|t| t.chars().next_back())
+    } else {
+        text.get(i..).and_then(|t| t.chars().next())
+    };
+    let _ = b;
+    !c.is_some_and(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// JSON when the type says so, or with no type when the body starts like JSON.
+fn is_json(ct: Option<&str>, body: &[u8]) -> bool {
+    match ct {
+        Some(ct) => {
+            let media = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            media.ends_with("/json") || media.ends_with("+json")
+        }
+        None => body
+            .iter()
+            .find(|c| !c.is_ascii_whitespace())
+            .is_some_and(|&c| c == b'{' || c == b'['),
+    }
+}
+
+/// JSON object keys whose string value is a credential in itself.
+fn secret_key_name(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    let k = k.trim_start_matches(['x', '-', '_']).replace('-', "_");
+    matches!(
+        k.as_str(),
+        "password"
+            | "passwd"
+            | "passphrase"
+            | "pwd"
+            | "secret"
+            | "client_secret"
+            | "secret_key"
+            | "api_key"
+            | "apikey"
+            | "access_token"
+            | "auth_token"
+            | "refresh_token"
+            | "private_key"
+            | "token"
+            | "authorization"
+            | "aws_secret_access_key"
+            | "db_password"
+    ) || k.ends_with("_password")
+        || k.ends_with("_secret")
+}
+
+/// A confirmed candidate, span in the normalised text.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    s: usize,
+    e: usize,
+    meta: usize,
+    action: Action,
+}
+
+/// Per-request scanning state (the JSON walker's visitor).
+struct Scan<'r, 'b> {
+    r: &'r Redactor,
+    body: &'b [u8],
+    /// `body` as text (validated once).
+    text: &'b str,
+    app: &'b str,
+    overrides: Option<&'b HashMap<String, Action>>,
+    app_key: Option<[u8; 32]>,
+    findings: Vec<Finding>,
+    repl: Vec<(usize, usize, String)>,
+    blocked: Option<String>,
+    norm: Norm,
+    hits: Vec<Hit>,
+    win: Windows,
+}
+
+impl Scan<'_, '_> {
+    fn text_body(&mut self) {
+        let len = self.body.len();
+        self.leaf(0, len, false, false, &[], false);
+    }
+
+    /// Base64 media (images, audio, PDFs as data URLs or `source.data`) is
+    /// not prompt text: skipping it avoids both cost and false positives.
+    fn is_media(&self, raw: &[u8], path: &[Seg]) -> bool {
+        if raw.len() < 256 {
+            return false;
+        }
+        let b64 = |x: &[u8]| {
+            x.iter().all(|&c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'\\' | b'-' | b'_')
+            })
+        };
+        if raw.starts_with(b"data:") {
+            if let Some(comma) = raw.iter().take(128).position(|&c| c == b',') {
+                let head = &raw[..comma];
+                return head.ends_with(b";base64") && b64(&raw[comma + 1..]);
+            }
+            return false;
+        }
+        let key_is_data = matches!(path.last(), Some(Seg::Key { start, end, .. })
+            if self.body.get(*start..*end) == Some(b"data".as_slice()));
+        key_is_data && b64(raw)
+    }
+
+    /// Scan one string (`start..end` raw content) and record its findings.
+    fn leaf(
+        &mut self,
+        start: usize,
+        end: usize,
+        json: bool,
+        is_key: bool,
+        path: &[Seg],
+        _esc: bool,
+    ) -> bool {
+        let body = self.body;
+        let Some(raw) = body.get(start..end) else {
+            return false;
+        };
+        if !is_key && json && self.is_media(raw, path) {
+            return false;
+        }
+        let mut norm = std::mem::take(&mut self.norm);
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        let raw_text = self.text.get(start..end).unwrap_or_default();
+        let fast = !normalize::needs_normalizing(raw);
+        let text: &str = if fast {
+            raw_text
+        } else {
+            normalize::normalize(raw_text, start, json, &mut norm);
+            &norm.text
+        };
+        self.r.scan_text(text, &mut self.win, &mut hits);
+        if let (Some((mi, floor)), false, true) = (self.r.secret_key, is_key, json) {
+            if let Some(Seg::Key {
+                start: ks,
+                end: ke,
+                escaped,
+                ..
+            }) = path.last()
+            {
+                let kraw = body.get(*ks..*ke).unwrap_or_default();
+                let kname = if *escaped {
+                    json::decode_string(kraw)
+                } else {
+                    String::from_utf8_lossy(kraw).into_owned()
+                };
+                let t = text.trim();
+                if secret_key_name(&kname)
+                    && (8..=512).contains(&t.len())
+                    && !t.contains(char::is_whitespace)
+                    && !t.starts_with('[')
+                    && detectors::validate(Validator::Entropy(floor), t, 0, t.len()).is_some()
+                {
+                    let off = text.len() - text.trim_start().len();
+                    hits.push(Hit {
+                        s: off,
+                        e: off + t.len(),
+                        meta: mi,
+                        action: Action::Mask,
+                    });
+                }
+            }
+        }
+        let found = !hits.is_empty();
+        if found {
+            self.record(text, &norm, fast, start, &mut hits, is_key, path);
+        }
+        self.norm = norm;
+        self.hits = hits;
+        found
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    fn record(
+        &mut self,
+        text: &str,
+        norm: &Norm,
+        fast: bool,
+        start: usize,
+        hits: &mut [Hit],
+        is_key: bool,
+        path: &[Seg],
+    ) {
+        for h in hits.iter_mut() {
+            let Some(m) = self.r.meta.get(h.meta) else {
+                continue;
+            };
+            h.action = self
+                .overrides
+                .and_then(|o| o.get(&m.kind).copied())
+                .unwrap_or(m.action);
+        }
+        // Resolve overlaps in one sweep by start: of two overlapping hits keep
+        // the enforcing one, then the longer, then the earlier rule.
+        hits.sort_by_key(|h| (h.s, h.meta));
+        let better = |a: &Hit, b: &Hit| {
+            (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
+                > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
+        };
+        let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
+        for h in hits.iter() {
+            match kept.last_mut() {
+                Some(last) if h.s < last.e => {
+                    if better(h, last) {
+                        *last = *h;
+                    }
+                }
+                _ => kept.push(*h),
+            }
+        }
+        let mut p = json::render_path(self.body, path);
+        if is_key {
+            p.push_str("{key}");
+        }
+        for h in kept {
+            let Some(m) = self.r.meta.get(h.meta) else {
+                continue;
+            };
+            let (a, b) = if fast {
+                (start + h.s, start + h.e)
+            } else {
+                norm.raw_span(h.s, h.e)
+            };
+            self.findings.push(Finding {
+                kind: m.kind.clone(),
+                rule: m.name.clone(),
+                action: h.action,
+                path: p.clone(),
+                in_key: is_key,
+                start: a,
+                end: b,
+            });
+            match h.action {
+                Action::Block => {
+                    if self.blocked.is_none() {
+                        self.blocked =
+                            Some(format!("{} found by rule {} at {}", m.kind, m.name, p));
+                    }
+                }
+                Action::Mask => self.repl.push((a, b, format!("[REDACTED:{}]", m.kind))),
+                Action::Hash => {
+                    let value = text.get(h.s..h.e).unwrap_or_default();
+                    let (r, app) = (self.r, self.app);
+                    let key = *self.app_key.get_or_insert_with(|| {
+                        hmac(&r.hash_key, &[b"airlock/redact/app/", app.as_bytes()])
+                    });
+                    let mac = hmac(&key, &[m.kind.as_bytes(), b"\0", value.as_bytes()]);
+                    self.repl
+                        .push((a, b, format!("[{}:{}]", m.kind, hex::encode(&mac[..4]))));
+                }
+                Action::Monitor => {}
+            }
+        }
+    }
+}
+
+impl json::Visitor for Scan<'_, '_> {
+    fn string(
+        &mut self,
+        start: usize,
+        end: usize,
+        escaped: bool,
+        is_key: bool,
+        path: &[Seg],
+    ) -> bool {
+        self.leaf(start, end, true, is_key, path, escaped)
+    }
+}
+
+#[cfg(test)]
+mod tests;

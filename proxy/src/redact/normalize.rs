@@ -1,0 +1,281 @@
+//! "See what the model will see": turn the raw bytes of one string into the
+//! text the detectors run on, keeping for every byte of that text the raw
+//! span it came from, so a match maps back to the exact bytes to replace.
+//!
+//! Steps, in one pass: JSON escapes decoded (`\u0040` is `@`); escapes one
+//! level down decoded too (`\\u0040`, `\\n` — JSON inside a JSON string, as
+//! in tool-call arguments); default-ignorable characters (zero-width space
+//! and joiners, soft hyphen, bidi controls, variation selectors, BOM) dropped;
+//! every other non-ASCII character replaced by its NFKC form (full-width
+//! digits and letters, ligatures, mathematical alphanumerics become ASCII).
+//!
+//! NFKC is applied per character: canonical composition across characters is
+//! not done. The detectors look for ASCII shapes, which that does not change.
+
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+
+/// A stretch of normalised text and the raw bytes it came from. An identity
+/// segment maps byte for byte; any other is one unit (an escape, a changed
+/// character) replaced whole.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    norm: u32,
+    raw: u32,
+    raw_len: u32,
+    identity: bool,
+}
+
+/// Normalised text of one string plus the map back to raw body offsets.
+#[derive(Debug, Default)]
+pub(crate) struct Norm {
+    pub text: String,
+    spans: Vec<Span>,
+}
+
+impl Norm {
+    fn seg(&self, at: usize) -> Option<&Span> {
+        let i = self.spans.partition_point(|sp| sp.norm as usize <= at);
+        self.spans.get(i.checked_sub(1)?)
+    }
+
+    /// Raw body span of the normalised byte range `s..e` (`s < e`).
+    pub fn raw_span(&self, s: usize, e: usize) -> (usize, usize) {
+        let a = match self.seg(s) {
+            Some(sp) if sp.identity => sp.raw as usize + (s - sp.norm as usize),
+            Some(sp) => sp.raw as usize,
+            None => 0,
+        };
+        let last = e.saturating_sub(1).max(s);
+        let b = match self.seg(last) {
+            Some(sp) if sp.identity => sp.raw as usize + (last - sp.norm as usize) + 1,
+            Some(sp) => (sp.raw + sp.raw_len) as usize,
+            None => a,
+        };
+        (a, b.max(a))
+    }
+
+    fn push_identity(&mut self, t: &str, raw: usize) {
+        let n = self.text.len();
+        if let Some(last) = self.spans.last_mut() {
+            if last.identity
+                && (last.norm + last.raw_len) as usize == n
+                && (last.raw + last.raw_len) as usize == raw
+            {
+                last.raw_len += t.len() as u32;
+                self.text.push_str(t);
+                return;
+            }
+        }
+        self.spans.push(Span {
+            norm: n as u32,
+            raw: raw as u32,
+            raw_len: t.len() as u32,
+            identity: true,
+        });
+        self.text.push_str(t);
+    }
+
+    fn push_unit(&mut self, c: char, raw: usize, raw_end: usize) {
+        if is_ignorable(c) {
+            return;
+        }
+        let n = self.text.len();
+        if c.is_ascii() {
+            self.text.push(c);
+        } else {
+            for x in std::iter::once(c).nfkc() {
+                if !is_ignorable(x) {
+                    self.text.push(x);
+                }
+            }
+            if self.text.len() == n {
+                return;
+            }
+        }
+        self.spans.push(Span {
+            norm: n as u32,
+            raw: raw as u32,
+            raw_len: (raw_end - raw) as u32,
+            identity: false,
+        });
+    }
+}
+
+/// True for Unicode default-ignorable code points (rendered as nothing).
+pub(crate) fn is_ignorable(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5
+        | 0x180B..=0x180F | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
+        | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// A non-ASCII character that normalisation leaves as it is. Common
+/// ranges are answered without the table lookup.
+#[inline]
+fn nfkc_stable(c: char) -> bool {
+    let u = c as u32;
+    // Latin-1 letters, Latin Extended-A, Greek/Cyrillic letters, quotes and
+    // dashes, CJK ideographs, Hangul syllables
+    if matches!(u, 0xC0..=0xFF | 0x100..=0x131 | 0x134..=0x13E | 0x141..=0x148 | 0x14A..=0x17E
+        | 0x391..=0x3C9 | 0x410..=0x44F | 0x2010 | 0x2013..=0x2016 | 0x2018..=0x2023 | 0x4E00..=0x9FFF | 0xAC00..=0xD7A3)
+    {
+        return true;
+    }
+    !is_ignorable(c) && is_nfkc_quick(std::iter::once(c)) != IsNormalized::No
+}
+
+/// Index of the first byte at or after `i` that is non-ASCII or a backslash.
+#[inline]
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const BS: u64 = 0x5C5C_5C5C_5C5C_5C5C;
+    while i + 8 <= b.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        let x = w ^ BS;
+        if (w & HI) != 0 || (x.wrapping_sub(LO) & !x & HI) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] < 0x80 && b[i] != b'\\' {
+        i += 1;
+    }
+    i
+}
+
+/// Whether `raw` needs normalising at all (anything but ASCII without escapes).
+#[inline]
+pub(crate) fn needs_normalizing(raw: &[u8]) -> bool {
+    next_special(raw, 0) < raw.len()
+}
+
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let h = b.get(at..at + 4)?;
+    if !h.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+}
+
+/// `\uXXXX` (with a following low surrogate if XXXX is a high one) at `at`
+/// (pointing at the `u`, `bs` bytes of backslash before each escape).
+fn unicode_at(b: &[u8], at: usize, bs: usize) -> Option<(char, usize)> {
+    let hi = hex4(b, at + 1)?;
+    let mut end = at + 5;
+    let cp = if (0xD800..0xDC00).contains(&hi) {
+        let lo_at = end + bs;
+        if b.get(end..lo_at)
+            .is_some_and(|x| x.iter().all(|&c| c == b'\\'))
+            && b.get(lo_at) == Some(&b'u')
+        {
+            let lo = hex4(b, lo_at + 1)?;
+            if !(0xDC00..0xE000).contains(&lo) {
+                return None;
+            }
+            end = lo_at + 5;
+            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+        } else {
+            return None;
+        }
+    } else {
+        hi
+    };
+    Some((char::from_u32(cp)?, end))
+}
+
+/// Normalise `raw` (at body offset `base`) into `out`. `json` says whether
+/// `raw` is the content of a JSON string (first-level escapes to decode).
+/// Escapes one level down (`\\u0040` in JSON, `\u0040` in text) are decoded
+/// too, except `\"` so a replacement never removes an inner quote.
+pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
+    out.text.clear();
+    out.spans.clear();
+    let b = text.as_bytes();
+    let mut i = 0usize;
+    while i < b.len() {
+        let j = next_special(b, i);
+        if j > i {
+            out.push_identity(text.get(i..j).unwrap_or_default(), base + i);
+            i = j;
+            continue;
+        }
+        if b[i] == b'\\' {
+            let (c, end) = escape_at(b, i, json);
+            out.push_unit(c, base + i, base + end);
+            i = end;
+            // an escape is ASCII, so `end` is a boundary; stay safe if not
+            while i < b.len() && !text.is_char_boundary(i) {
+                i += 1;
+            }
+            continue;
+        }
+        let Some(c) = text.get(i..).and_then(|t| t.chars().next()) else {
+            break;
+        };
+        let end = i + c.len_utf8();
+        if nfkc_stable(c) {
+            out.push_identity(text.get(i..end).unwrap_or_default(), base + i);
+        } else {
+            out.push_unit(c, base + i, base + end);
+        }
+        i = end;
+    }
+}
+
+/// Decode the escape starting at `b[i] == '\\'`; returns the character and
+/// the end of the raw unit.
+fn escape_at(b: &[u8], i: usize, json: bool) -> (char, usize) {
+    let simple = |c: u8| match c {
+        b'n' => Some('\n'),
+        b't' => Some('\t'),
+        b'r' => Some('\r'),
+        b'/' => Some('/'),
+        _ => None,
+    };
+    if json {
+        match b.get(i + 1) {
+            Some(b'\\') => {
+                // a backslash in the decoded text: maybe an escape one level down
+                match b.get(i + 2) {
+                    Some(b'u') => {
+                        if let Some((c, end)) = unicode_at(b, i + 2, 2) {
+                            return (c, end);
+                        }
+                    }
+                    Some(&c) => {
+                        if let Some(ch) = simple(c) {
+                            return (ch, i + 3);
+                        }
+                    }
+                    None => {}
+                }
+                ('\\', i + 2)
+            }
+            Some(b'u') => match unicode_at(b, i + 1, 1) {
+                Some((c, end)) => (c, end),
+                None => ('\u{FFFD}', (i + 6).min(b.len())),
+            },
+            Some(b'b') => ('\u{8}', i + 2),
+            Some(b'f') => ('\u{c}', i + 2),
+            Some(b'"') => ('"', i + 2),
+            Some(&c) => (simple(c).unwrap_or(c as char), i + 2),
+            None => ('\\', i + 1),
+        }
+    } else {
+        match b.get(i + 1) {
+            Some(b'u') => match unicode_at(b, i + 1, 1) {
+                Some((c, end)) => (c, end),
+                None => ('\\', i + 1),
+            },
+            Some(&c) => match simple(c) {
+                Some(ch) => (ch, i + 2),
+                None => ('\\', i + 1),
+            },
+            None => ('\\', i + 1),
+        }
+    }
+}

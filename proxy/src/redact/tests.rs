@@ -1,0 +1,199 @@
+//! Unit tests of the redact module.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+pub(crate) fn chat(content: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": content}]
+    }))
+    .unwrap()
+}
+
+pub(crate) fn req(body: &[u8]) -> ScanRequest<'_> {
+    ScanRequest {
+        body,
+        content_type: Some("application/json"),
+        content_encoding: None,
+        path: "/v1/chat/completions",
+        app: "test-app",
+        max_bytes: 1 << 20,
+        overrides: None,
+    }
+}
+
+#[test]
+fn email_is_masked() {
+    let r = Redactor::builtin();
+    let body = chat("mail me at alice@example.com please");
+    let out = r.redact(&req(&body)).unwrap();
+    let s = String::from_utf8(out.body.unwrap()).unwrap();
+    assert!(s.contains("[REDACTED:EMAIL]"), "{s}");
+    assert!(!s.contains("alice@"));
+}
+
+#[test]
+#[ignore = "timing probe, run by hand"]
+fn trigger_speed_probe() {
+    let words = [
+        "the",
+        "quarterly",
+        "report",
+        "shows",
+        "that",
+        "revenue",
+        "grew",
+        "café",
+        "naïve",
+        "“quoted”",
+        "it’s",
+        "Q3",
+        "12%",
+        "v2.14.3",
+        "2024-03-15",
+        "order #4821",
+        "ticket JIRA-4412",
+        "$1,249.00",
+        "p99",
+        "184ms",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "9fceb02d0ae598e95dc970b74767f19372d61af8",
+        "and",
+        "we",
+        "would",
+        "like",
+    ];
+    let text: String = (0..12000)
+        .map(|i| words[(i * 7 + i / 3) % words.len()])
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut w = trigger::Windows::default();
+    let n = 2000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        trigger::find(std::hint::black_box(&text), 7, &mut w);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "find: {:.0} MB/s over {} bytes",
+        (n * text.len()) as f64 / s / 1e6,
+        text.len()
+    );
+    let plain: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        trigger::find(std::hint::black_box(&plain), 7, &mut w);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "find without digits: {:.0} MB/s",
+        (n * plain.len()) as f64 / s / 1e6
+    );
+    let mut nm = normalize::Norm::default();
+    let raw = serde_json::to_string(&text.replace(" and ", "\nand ")).unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        normalize::normalize(
+            std::hint::black_box(&raw[1..raw.len() - 1]),
+            0,
+            true,
+            &mut nm,
+        );
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("normalize: {:.0} MB/s", (n * raw.len()) as f64 / s / 1e6);
+}
+
+#[test]
+fn nfkc_fast_ranges_agree_with_tables() {
+    use unicode_normalization::UnicodeNormalization;
+    for r in [
+        0xC0u32..=0xFF,
+        0x100..=0x17E,
+        0x391..=0x3C9,
+        0x410..=0x44F,
+        0x2010..=0x2023,
+        0x4E00..=0x4FFF,
+        0xAC00..=0xAD00,
+    ] {
+        for u in r {
+            let Some(c) = char::from_u32(u) else { continue };
+            let mut n = normalize::Norm::default();
+            let s = c.to_string();
+            normalize::normalize(&s, 0, false, &mut n);
+            let nfkc: String = std::iter::once(c).nfkc().collect();
+            assert_eq!(n.text, nfkc, "U+{u:04X}");
+        }
+    }
+}
+
+#[test]
+fn walker_reports_string_spans_and_paths() {
+    struct V(Vec<(String, bool, String)>);
+    impl json::Visitor for V {
+        fn string(
+            &mut self,
+            s: usize,
+            e: usize,
+            esc: bool,
+            is_key: bool,
+            path: &[json::Seg],
+        ) -> bool {
+            let b = br#"{"a":[1,"x\"y",{"k":true}],"b c":null}"#;
+            let raw = String::from_utf8_lossy(&b[s..e]).into_owned();
+            let _ = esc;
+            self.0.push((raw, is_key, json::render_path(b, path)));
+            false
+        }
+    }
+    let mut v = V(Vec::new());
+    json::walk(br#"{"a":[1,"x\"y",{"k":true}],"b c":null}"#, &mut v).unwrap();
+    let got: Vec<_> = v.0.iter().map(|(r, k, p)| format!("{r}|{k}|{p}")).collect();
+    assert_eq!(
+        got,
+        vec![
+            "a|true|$",
+            "x\\\"y|false|$.a[1]",
+            "k|true|$.a[2]",
+            "b c|true|$"
+        ]
+    );
+}
+
+#[test]
+fn normalised_offsets_map_back_to_raw_units() {
+    let raw = r"ab\u0040c\u200bd\\u0041\n\uff11";
+    let mut n = normalize::Norm::default();
+    normalize::normalize(raw, 10, true, &mut n);
+    assert_eq!(n.text, "ab@cdA\n1");
+    // "@" came from the 6-byte escape at raw offset 2
+    assert_eq!(n.raw_span(2, 3), (12, 18));
+    // "cd" spans the zero-width space between them
+    assert_eq!(n.raw_span(3, 5), (18, 26));
+    // "A" came from the doubly escaped \\u0041
+    assert_eq!(n.raw_span(5, 6), (26, 33));
+    // full-width one
+    assert_eq!(n.raw_span(7, 8), (35, 41));
+}
+
+#[test]
+fn luhn_and_mod97() {
+    assert!(detectors::luhn(&[
+        4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+    ]));
+    assert!(!detectors::luhn(&[
+        4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2
+    ]));
+    assert!(detectors::mod97("DE89370400440532013000"));
+    assert!(!detectors::mod97("DE89370400440532013001"));
+    assert!(detectors::entropy("aaaa") < 0.1);
+}
+
+#[test]
+fn builtin_compiles_every_pattern() {
+    let r = Redactor::builtin();
+    let enabled = detectors::builtins().iter().filter(|b| b.enabled).count();
+    // plus the JSON-key secret rule
+    assert_eq!(r.rules().len(), enabled + 1);
+}

@@ -1,0 +1,411 @@
+//! The cheap pass before the regexes: find the few places in a string where
+//! a detector *could* match, as windows, so the patterns run only there.
+//!
+//! Every built-in pattern needs one of: an `@` (email), a `=`/`:` after a
+//! secret-ish label (assignments), `-----BEGIN` (PEM), a run of 16+ token
+//! characters (API keys, JWTs, bearer tokens, webhooks), or a cluster of 7+
+//! digits (cards, IBANs, SSNs, phones; 4+ after a birth-date label or with
+//! IPv4 on). Finding those takes
+//! memchr/memmem and a skipping byte scan, several GB/s on prose; a single
+//! `RegexSet` over everything runs at ~0.5 GB/s because the union has no
+//! literal prefix to skip with.
+//!
+//! Windows start and end at whitespace (or at a run's own edge, which is a
+//! non-word character in the full text), so `(?-u:\b)` means the same in a
+//! window as in the whole string; validators see the whole string.
+
+/// Which trigger a rule is run behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    Email,
+    Assign,
+    Pem,
+    Token,
+    Digits,
+    /// Custom rules and IPv6: the whole string, with the regex's own prefilter.
+    Always,
+}
+
+/// Shortest run of token characters that triggers the token detectors.
+const TOKEN_RUN: usize = 16;
+
+/// Byte classes: bit 0 token character, bit 1 digit.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~')
+        {
+            t[c] |= 1;
+        }
+        if b.is_ascii_digit() {
+            t[c] |= 2;
+        }
+        c += 1;
+    }
+    t
+};
+
+#[inline]
+fn is_token(c: u8) -> bool {
+    CLASS[c as usize] & 1 != 0
+}
+
+#[inline]
+fn is_email_local(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+#[inline]
+fn is_email_domain(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-')
+}
+
+/// Start of the word `max` bytes or fewer before `pos` (just after a
+/// whitespace byte), or `pos` itself if there is none in reach.
+fn expand_left(b: &[u8], pos: usize, max: usize) -> usize {
+    let lo = pos.saturating_sub(max);
+    if lo == 0 {
+        return 0;
+    }
+    match b[lo..pos].iter().position(|c| c.is_ascii_whitespace()) {
+        Some(i) => lo + i + 1,
+        None => pos,
+    }
+}
+
+/// End of the word `max` bytes or fewer after `pos` (at a whitespace
+/// byte), or `pos` itself if there is none in reach.
+fn expand_right(b: &[u8], pos: usize, max: usize) -> usize {
+    let hi = (pos + max).min(b.len());
+    if hi == b.len() {
+        return b.len();
+    }
+    match b[pos..hi].iter().rposition(|c| c.is_ascii_whitespace()) {
+        Some(i) => pos + i,
+        None => pos,
+    }
+}
+
+/// Push `w`, merging with the previous window when they touch.
+fn push(v: &mut Vec<(usize, usize)>, w: (usize, usize)) {
+    if w.0 >= w.1 {
+        return;
+    }
+    if let Some(last) = v.last_mut() {
+        if w.0 <= last.1 {
+            last.1 = last.1.max(w.1);
+            return;
+        }
+    }
+    v.push(w);
+}
+
+/// Windows for one string, per class (each sorted and merged).
+#[derive(Debug, Default)]
+pub(crate) struct Windows {
+    pub email: Vec<(usize, usize)>,
+    pub assign: Vec<(usize, usize)>,
+    pub pem: Vec<(usize, usize)>,
+    pub token: Vec<(usize, usize)>,
+    pub digits: Vec<(usize, usize)>,
+}
+
+impl Windows {
+    pub fn get(&self, c: Class) -> &[(usize, usize)] {
+        match c {
+            Class::Email => &self.email,
+            Class::Assign => &self.assign,
+            Class::Pem => &self.pem,
+            Class::Token => &self.token,
+            Class::Digits => &self.digits,
+            Class::Always => &[],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.email.clear();
+        self.assign.clear();
+        self.pem.clear();
+        self.token.clear();
+        self.digits.clear();
+    }
+}
+
+/// Labels after which `=`/`:` starts a credential (lowercase substrings of
+/// the word before it).
+const ASSIGN_LABELS: &[&str] = &["pass", "pwd", "secret", "key", "token"];
+
+/// Find all windows in `text`.
+pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
+    w.clear();
+    let b = text.as_bytes();
+
+    for at in memchr::memchr_iter(b'@', b) {
+        let mut s = at;
+        while s > 0 && at - s < 64 && is_email_local(b[s - 1]) {
+            s -= 1;
+        }
+        let mut e = at + 1;
+        while e < b.len() && e - at < 256 && is_email_domain(b[e]) {
+            e += 1;
+        }
+        if s < at && e > at + 1 {
+            push(&mut w.email, (s, e));
+        }
+    }
+
+    for at in memchr::memchr2_iter(b'=', b':', b) {
+        // the word before, past quotes and spaces
+        let mut e = at;
+        let mut skipped = 0;
+        while e > 0 && skipped < 3 && matches!(b[e - 1], b'"' | b'\'' | b' ' | b'\t') {
+            e -= 1;
+            skipped += 1;
+        }
+        let mut s = e;
+        while s > 0
+            && e - s < 40
+            && (b[s - 1].is_ascii_alphanumeric() || matches!(b[s - 1], b'_' | b'-'))
+        {
+            s -= 1;
+        }
+        if s == e {
+            continue;
+        }
+        let word = &b[s..e];
+        let hit = ASSIGN_LABELS
+            .iter()
+            .any(|l| contains_ci(word, l.as_bytes()));
+        if hit {
+            let end = expand_right(b, (at + 1).min(b.len()), 200);
+            let end = if end <= at {
+                (at + 200).min(b.len())
+            } else {
+                end
+            };
+            let end = floor_boundary(text, end);
+            push(&mut w.assign, (s, end.max(at + 1).min(b.len())));
+        }
+    }
+
+    if let Some(at) = memchr::memmem::find(b, b"-----BEGIN") {
+        push(&mut w.pem, (at, b.len()));
+    }
+
+    let mut hex_runs: Vec<(usize, usize)> = Vec::new();
+    // Token runs of 16+ bytes: such a run holds at least one whole aligned
+    // 8-byte word, so look only at words with no space, control or
+    // non-ASCII byte (one SWAR test per word), then check precisely.
+    let mut i = 0usize;
+    while i + 8 <= b.len() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[i..i + 8]);
+        let x = u64::from_le_bytes(a);
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let low = x.wrapping_sub(ONES * 0x21) & !x & HIGH;
+        if low != 0 || x & HIGH != 0 || !b[i..i + 8].iter().all(|&c| is_token(c)) {
+            i += 8;
+            continue;
+        }
+        let mut s = i;
+        while s > 0 && is_token(b[s - 1]) {
+            s -= 1;
+        }
+        let mut e = i + 8;
+        while e < b.len() && is_token(b[e]) {
+            e += 1;
+        }
+        if e - s >= TOKEN_RUN {
+            // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
+            // hashes) cannot hold any token format
+            let run = &b[s..e];
+            let hexish = run
+                .iter()
+                .all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
+                && run.iter().any(|c| (b'a'..=b'f').contains(c));
+            if hexish {
+                hex_runs.push((s, e));
+            } else {
+                let ws = expand_left(b, s, 24);
+                push(&mut w.token, (ws, e));
+            }
+        }
+        // next whole word after the run
+        i = (e + 1).next_multiple_of(8).max(i + 8);
+    }
+
+    // Digit clusters: digits with gaps of at most two separator bytes.
+    let mut i = 0usize;
+    let mut hx = 0usize;
+    while i < b.len() {
+        // skip 8 bytes at a time while none is a digit, then jump to it
+        while i + 8 <= b.len() {
+            let m = digit_mask(&b[i..i + 8]);
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        while i < b.len() && !b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let s = i;
+        let mut n = 0usize;
+        let mut e = i;
+        let mut k = i;
+        while k < b.len() {
+            if b[k].is_ascii_digit() {
+                n += 1;
+                k += 1;
+                e = k;
+            } else if matches!(b[k], b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+')
+                && (b.get(k + 1).is_some_and(u8::is_ascii_digit)
+                    || (matches!(b.get(k + 1), Some(b' ' | b'(' | b')' | b'-'))
+                        && b.get(k + 2).is_some_and(u8::is_ascii_digit)))
+            {
+                k += 1;
+            } else {
+                break;
+            }
+        }
+        // Which digit detectors could match here? SSNs need 9 digits,
+        // national phones 9–10, cards 13; an international phone 8 after a
+        // `+`; an IBAN starts with two capitals and two digits; a date of
+        // birth needs its label. ISO dates, times and amounts open nothing.
+        let plus = s > 0
+            && matches!(b[s - 1], b'+' | b'(')
+            && s > 1
+            && (b[s - 1] == b'+' || b[s - 2] == b'+');
+        // glued to letters: a slice of an identifier (UUID, hash, SKU)
+        if n < 4 {
+            i = e.max(s + 1);
+            continue;
+        }
+        let single = b[s..e].iter().all(u8::is_ascii_digit);
+        let glued = single
+            && ((s > 0 && b[s - 1].is_ascii_alphabetic())
+                || b.get(e).is_some_and(u8::is_ascii_alphabetic));
+        // inside a UUID / hash run found above: not a number
+        while hex_runs.get(hx).is_some_and(|r| r.1 <= s) {
+            hx += 1;
+        }
+        if hex_runs.get(hx).is_some_and(|r| r.0 <= s) {
+            i = hex_runs.get(hx).map_or(e, |r| r.1).max(s + 1);
+            continue;
+        }
+        let iban = n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]);
+        let dob =
+            n <= 8 && (date_like(&b[s..e], n) || n >= 6) && dob_label(&b[s.saturating_sub(40)..s]);
+        let could = (!glued && n >= 9)
+            || (n >= min_digits && min_digits < 7)
+            || (plus && n >= 7)
+            || iban
+            || dob;
+        if could {
+            // context the patterns need: a label before ("social security
+            // number: ", "date of birth: "), an IBAN's letter groups after;
+            // small windows stay separate in dense text
+            let ws = expand_left(b, s, if dob { 40 } else { 28 });
+            let we = floor_boundary(text, expand_right(b, e, if iban { 40 } else { 8 }));
+            push(&mut w.digits, (ws, we.max(e)));
+        }
+        i = e.max(s + 1);
+    }
+}
+
+/// Two capitals followed by two digits just before or at the start of a
+/// cluster: where an IBAN begins.
+fn iban_start(before: &[u8], cluster: &[u8]) -> bool {
+    let starts = |x: &[u8]| {
+        x.len() >= 4
+            && x[0].is_ascii_uppercase()
+            && x[1].is_ascii_uppercase()
+            && x[2].is_ascii_digit()
+            && x[3].is_ascii_digit()
+    };
+    (0..before.len()).any(|k| starts(&before[k..])) || {
+        // the country code glued to the cluster: "DE89 3704 ..." has the
+        // cluster start at "89", two capitals right before it
+        let l = before.len();
+        l >= 2
+            && before[l - 2].is_ascii_uppercase()
+            && before[l - 1].is_ascii_uppercase()
+            && cluster.len() >= 2
+    }
+}
+
+/// A short digit cluster that could be (the numeric part of) a date: a
+/// year 1850–2099 alone, or 4–6 digits with two separators (`1/2/90`).
+fn date_like(c: &[u8], n: usize) -> bool {
+    if n == 4 && c.len() == 4 {
+        return matches!(&c[..2], b"18" | b"19" | b"20");
+    }
+    (4..=6).contains(&n) && c.iter().filter(|x| !x.is_ascii_digit()).count() == 2
+}
+
+/// Whether a date-of-birth label is in `before` (the bytes ahead of a date).
+fn dob_label(before: &[u8]) -> bool {
+    const LABELS: &[&[u8]] = &[b"dob", b"d.o.b", b"birth", b"born", b"naissance", b"geburt"];
+    // every label but "naissance" has a `b`: rule most text out with memchr
+    if memchr::memchr2(b'b', b'B', before).is_none()
+        && memchr::memmem::find(before, b"aissance").is_none()
+    {
+        return false;
+    }
+    before.iter().enumerate().any(|(k, &c)| {
+        matches!(c | 0x20, b'b' | b'd' | b'n' | b'g')
+            && LABELS.iter().any(|l| {
+                before
+                    .get(k..k + l.len())
+                    .is_some_and(|x| x.eq_ignore_ascii_case(l))
+            })
+    })
+}
+
+/// ASCII case-insensitive substring test; `needle` is lowercase. Checks the
+/// first byte before comparing the rest (haystacks here are ≤ 40 bytes).
+#[inline]
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    (0..=hay.len() - needle.len()).any(|k| {
+        hay[k].to_ascii_lowercase() == first
+            && hay[k + 1..k + needle.len()].eq_ignore_ascii_case(rest)
+    })
+}
+
+/// Largest char boundary at or below `i`.
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    i = i.min(text.len());
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// High bit set in each byte of `chunk` (8 bytes, little-endian) that is an
+/// ASCII digit.
+#[inline]
+fn digit_mask(chunk: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(chunk);
+    let x = u64::from_le_bytes(a);
+    // bytes in 0x30..=0x39, for bytes below 0x80 (a set high bit is excluded)
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = x & !HIGH;
+    let ge30 = low7.wrapping_add(ONES * (0x80 - 0x30));
+    let le39 = (ONES * (0x80 + 0x39)).wrapping_sub(low7);
+    ge30 & le39 & !x & HIGH
+}

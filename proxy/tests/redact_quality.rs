@@ -1,0 +1,655 @@
+//! Quality of the `redact` stage through its public API: the labelled corpus
+//! (recall/precision per type, printed and enforced), property tests,
+//! evasions, refusals, configuration errors and the fuzz seed corpus.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use airlock::redact::{findings_by_type, Action, Outcome, Redactor, Refusal, ScanRequest};
+use proptest::prelude::*;
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chat(content: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": content}]
+    }))
+    .unwrap()
+}
+
+fn req<'a>(body: &'a [u8], ct: Option<&'a str>) -> ScanRequest<'a> {
+    ScanRequest {
+        body,
+        content_type: ct,
+        content_encoding: None,
+        path: "/v1/chat/completions",
+        app: "quality",
+        max_bytes: 1 << 20,
+        overrides: None,
+    }
+}
+
+fn run(r: &Redactor, body: &[u8]) -> Outcome {
+    r.redact(&req(body, Some("application/json"))).unwrap()
+}
+
+fn out_str(o: &Outcome, input: &[u8]) -> String {
+    String::from_utf8(o.body.clone().unwrap_or_else(|| input.to_vec())).unwrap()
+}
+
+/// Decode the raw JSON-string bytes of a finding's span.
+fn span_text(body: &[u8], start: usize, end: usize) -> String {
+    let raw = std::str::from_utf8(&body[start..end]).unwrap();
+    serde_json::from_str::<String>(&format!("\"{raw}\"")).unwrap_or_else(|_| raw.to_string())
+}
+
+// ---------------------------------------------------------------- corpus
+
+#[derive(serde::Deserialize)]
+struct Line {
+    text: String,
+    expect: Vec<Expect>,
+    class: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Expect {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+const STRUCTURED: &[&str] = &["EMAIL", "PHONE", "CARD", "SSN", "IBAN", "DOB"];
+
+#[test]
+fn corpus_recall_and_precision() {
+    let path = manifest().join("tests/data/redact/corpus.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let r = Redactor::builtin();
+    // type -> (expected, found, findings, true findings)
+    let mut stats: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    let mut benign_fp: Vec<String> = Vec::new();
+    let mut misses: Vec<String> = Vec::new();
+    for (n, l) in text.lines().enumerate() {
+        let line: Line = serde_json::from_str(l).unwrap();
+        let body = chat(&line.text);
+        let out = run(&r, &body);
+        let got: Vec<(String, String)> = out
+            .findings
+            .iter()
+            .map(|f| (f.kind.clone(), span_text(&body, f.start, f.end)))
+            .collect();
+        let matches = |e: &Expect, g: &(String, String)| {
+            g.0 == e.kind
+                && (g.1 == e.value
+                    || (g.1.len() >= 4 && (g.1.contains(&e.value) || e.value.contains(&g.1))))
+        };
+        for e in &line.expect {
+            let s = stats.entry(e.kind.clone()).or_default();
+            s[0] += 1;
+            if got.iter().any(|g| matches(e, g)) {
+                s[1] += 1;
+            } else {
+                misses.push(format!(
+                    "line {}: {} not found in {:?} (got {:?})",
+                    n + 1,
+                    e.kind,
+                    line.text,
+                    got
+                ));
+            }
+        }
+        for g in &got {
+            let s = stats.entry(g.0.clone()).or_default();
+            s[2] += 1;
+            if line.expect.iter().any(|e| matches(e, g)) {
+                s[3] += 1;
+            } else if line.class.starts_with("benign") {
+                benign_fp.push(format!(
+                    "line {} ({}): {} on {:?}",
+                    n + 1,
+                    line.class,
+                    g.0,
+                    line.text
+                ));
+            }
+        }
+    }
+    println!(
+        "{:<16} {:>8} {:>8} {:>9} {:>9}",
+        "type", "expected", "found", "recall", "precision"
+    );
+    for (k, s) in &stats {
+        let recall = if s[0] == 0 {
+            1.0
+        } else {
+            s[1] as f64 / s[0] as f64
+        };
+        let precision = if s[2] == 0 {
+            1.0
+        } else {
+            s[3] as f64 / s[2] as f64
+        };
+        println!(
+            "{k:<16} {:>8} {:>8} {:>8.1}% {:>8.1}%",
+            s[0],
+            s[1],
+            recall * 100.0,
+            precision * 100.0
+        );
+    }
+    for m in misses.iter().take(20) {
+        println!("MISS {m}");
+    }
+    for f in benign_fp.iter().take(20) {
+        println!("FALSE POSITIVE {f}");
+    }
+    for (k, s) in &stats {
+        if s[0] > 0 {
+            let recall = s[1] as f64 / s[0] as f64;
+            let floor = if STRUCTURED.contains(&k.as_str()) {
+                0.99
+            } else {
+                0.98
+            };
+            assert!(recall >= floor, "{k}: recall {recall:.3} below {floor}");
+        }
+        if s[2] > 0 {
+            let precision = s[3] as f64 / s[2] as f64;
+            assert!(
+                precision >= 0.98,
+                "{k}: precision {precision:.3} below 0.98"
+            );
+        }
+    }
+    assert!(
+        benign_fp.is_empty(),
+        "{} benign look-alikes redacted",
+        benign_fp.len()
+    );
+}
+
+// ---------------------------------------------------------------- properties
+
+const SENSITIVE: &[&str] = &[
+    "alice.smith@example.com",
+    "4111 1111 1111 1111",
+    "5555-5555-5555-4444",
+    "AKIAIOSFODNN7EXAMPL3",
+    "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+    "sk-proj-Zx9vQ2mN4bL7kP1sD8fG3hJ6kL0aQwErTyUiOp",
+    "123-45-6789",
+    "DE89 3704 0044 0532 0130 00",
+    "+44 20 7946 0958",
+];
+
+const BENIGN: &[&str] = &[
+    "hello",
+    "world",
+    "the quick brown fox",
+    "v1.2.3",
+    "2024-03-15T10:22:31Z",
+    "order #48213",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "café",
+    "日本語",
+    "naïve",
+    "\n",
+    "\t",
+    "\"quoted\"",
+    "back\\slash",
+    "12%",
+    "$1,249.00",
+    "a1b2c3d",
+    "😀",
+    "x = y",
+    "<b>",
+    "—",
+];
+
+fn pieces(with_secrets: bool) -> impl Strategy<Value = Vec<String>> {
+    let benign = proptest::sample::select(BENIGN).prop_map(str::to_string);
+    let any_text = "[ -~]{0,12}".prop_map(|s| s);
+    if with_secrets {
+        let secret = proptest::sample::select(SENSITIVE).prop_map(str::to_string);
+        prop::collection::vec(prop_oneof![3 => benign, 2 => secret, 1 => any_text], 1..12).boxed()
+    } else {
+        prop::collection::vec(benign, 1..12).boxed()
+    }
+}
+
+fn body_of(parts: &[String], shape: u8) -> Vec<u8> {
+    let content = parts.join(" ");
+    let v = match shape % 4 {
+        0 => serde_json::json!({"model": "m", "messages": [{"role": "user", "content": content}]}),
+        1 => {
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": content}]}]})
+        }
+        2 => {
+            serde_json::json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "f", "arguments": serde_json::json!({"q": content}).to_string()}}]}]})
+        }
+        _ => {
+            serde_json::json!({"model": "m", "system": [{"type": "text", "text": content}], "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": content}]}]})
+        }
+    };
+    serde_json::to_vec(&v).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn output_is_valid_json_and_no_value_survives(parts in pieces(true), shape in 0u8..4) {
+        let r = Redactor::builtin();
+        let body = body_of(&parts, shape);
+        let out = run(&r, &body);
+        let s = out_str(&out, &body);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        // look in the decoded document, including the JSON inside tool-call arguments
+        let mut flat = v.to_string();
+        flat.push_str(&serde_json::from_str::<serde_json::Value>(&s).map(|v| {
+            v.pointer("/messages/0/tool_calls/0/function/arguments").and_then(|a| a.as_str()).unwrap_or("").to_string()
+        }).unwrap_or_default());
+        for p in &parts {
+            if SENSITIVE.contains(&p.as_str()) {
+                prop_assert!(!flat.contains(p.as_str()), "{p} survived in {s}");
+            }
+        }
+        // idempotent: a second pass finds nothing more
+        let again = run(&r, s.as_bytes());
+        prop_assert!(again.body.is_none(), "second pass changed {s}");
+        prop_assert!(again.findings.is_empty(), "second pass found {:?}", again.findings);
+    }
+
+    #[test]
+    fn clean_bodies_pass_through_byte_identical(parts in pieces(false), shape in 0u8..4) {
+        let r = Redactor::builtin();
+        let body = body_of(&parts, shape);
+        let out = run(&r, &body);
+        prop_assert!(out.findings.is_empty(), "{:?} in {}", out.findings, String::from_utf8_lossy(&body));
+        prop_assert!(out.body.is_none());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_output_is_stable(
+        bytes in prop::collection::vec(prop_oneof![
+            4 => proptest::sample::select(&b"{}[]\":,\\u0040 @.-+0123456789abcdefAKIA\n"[..]),
+            1 => any::<u8>(),
+        ], 0..200),
+        ct in 0u8..3,
+    ) {
+        let r = Redactor::builtin();
+        let ct = [Some("application/json"), Some("text/plain"), None][ct as usize];
+        if let Ok(out) = r.redact(&req(&bytes, ct)) {
+            if let Some(b) = &out.body {
+                if ct == Some("application/json") {
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(b).is_ok());
+                }
+                let again = r.redact(&req(b, ct)).unwrap();
+                prop_assert!(again.body.is_none(), "not idempotent: {:?}", String::from_utf8_lossy(b));
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_exactly_what_serde_json_accepts(s in "[\\[\\]{}\",:0-9a-z .\\-+eE\\\\u]{0,40}") {
+        let r = Redactor::builtin();
+        let ours = r.redact(&req(s.as_bytes(), Some("application/json")));
+        let theirs = serde_json::from_str::<serde_json::Value>(&s);
+        match ours {
+            Ok(_) | Err(Refusal::DuplicateKey(_)) => prop_assert!(theirs.is_ok(), "we accepted {s:?}"),
+            Err(Refusal::BadJson(_)) => prop_assert!(theirs.is_err(), "we refused {s:?}"),
+            Err(e) => prop_assert!(false, "unexpected {e:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- evasions
+
+fn raw_chat(raw_content: &str) -> Vec<u8> {
+    format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{raw_content}"}}]}}"#)
+        .into_bytes()
+}
+
+#[test]
+fn evasion_json_unicode_escape() {
+    let r = Redactor::builtin();
+    let body = raw_chat(r"write to alice\u0040example.com now");
+    let out = run(&r, &body);
+    let s = out_str(&out, &body);
+    assert!(s.contains("write to [REDACTED:EMAIL] now"), "{s}");
+}
+
+#[test]
+fn evasion_zero_width_joiner_in_email() {
+    let r = Redactor::builtin();
+    let body = chat("write to ali\u{200d}ce@exa\u{200b}mple.com now");
+    let out = run(&r, &body);
+    let s = out_str(&out, &body);
+    assert!(s.contains("write to [REDACTED:EMAIL] now"), "{s}");
+}
+
+#[test]
+fn evasion_full_width_digits_in_card() {
+    let r = Redactor::builtin();
+    let body = chat("card ４１１１ １１１１ １１１１ １１１１ ok");
+    let out = run(&r, &body);
+    let s = out_str(&out, &body);
+    assert!(s.contains("card [REDACTED:CARD] ok"), "{s}");
+}
+
+#[test]
+fn evasion_escaped_full_width_and_nested_tool_arguments() {
+    let r = Redactor::builtin();
+    // arguments is JSON in a string; inside it the @ is escaped again
+    let body = br#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"1","type":"function","function":{"name":"send","arguments":"{\"to\":\"bob\\u0040example.com\",\"key\":\"AKIAIOSFODNN7EXAMPL3\"}"}}]}]}"#;
+    let out = run(&r, body);
+    let s = out_str(&out, body);
+    assert!(!s.contains("example.com"), "{s}");
+    assert!(!s.contains("AKIAIOSFODNN7EXAMPL3"), "{s}");
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let args = v
+        .pointer("/messages/0/tool_calls/0/function/arguments")
+        .unwrap()
+        .as_str()
+        .unwrap();
+    let inner: serde_json::Value = serde_json::from_str(args).unwrap();
+    assert_eq!(inner["to"], "[REDACTED:EMAIL]");
+    assert_eq!(inner["key"], "[REDACTED:AWS_KEY]");
+}
+
+#[test]
+fn evasion_secret_split_across_parts_is_a_known_limit() {
+    // Each part alone is not a key; the model sees them concatenated. Not
+    // caught: documented in docs/redaction.md. This test pins the behaviour
+    // so a future fix shows up here.
+    let r = Redactor::builtin();
+    let body = serde_json::to_vec(
+        &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "key: AKIAIOSFOD"}, {"type": "text", "text": "NN7EXAMPL3"}]}]}),
+    )
+    .unwrap();
+    let out = run(&r, &body);
+    assert!(out.findings.iter().all(|f| f.kind != "AWS_KEY"));
+}
+
+#[test]
+fn keys_of_unknown_json_are_scanned_and_paths_hide_them() {
+    let r = Redactor::builtin();
+    let body = br#"{"contacts":{"carol@example.com":{"note":"vip"}}}"#;
+    let out = run(&r, body);
+    assert_eq!(out.findings.len(), 1);
+    assert!(out.findings[0].in_key);
+    assert!(
+        !out.findings[0].path.contains("carol"),
+        "{}",
+        out.findings[0].path
+    );
+    let s = out_str(&out, body);
+    assert_eq!(s, r#"{"contacts":{"[REDACTED:EMAIL]":{"note":"vip"}}}"#);
+}
+
+#[test]
+fn secret_in_json_value_by_key_name() {
+    let r = Redactor::builtin();
+    let body = br#"{"input":"hi","db_password":"Zq8#kLm2!vR9xT"}"#;
+    let out = run(&r, body);
+    assert_eq!(findings_by_type(&out.findings).get("SECRET"), Some(&1));
+}
+
+// ---------------------------------------------------------------- actions
+
+#[test]
+fn hash_is_stable_per_app_and_differs_across_apps() {
+    let dir = tempdir("hash");
+    std::fs::write(
+        dir.join("r.yaml"),
+        "hash_key: \"0123456789abcdef0123\"\ndetectors:\n  email: { action: hash }\n",
+    )
+    .unwrap();
+    let r = Redactor::load(&dir.join("r.yaml")).unwrap();
+    let body = chat("a@example.com and b@example.com and a@example.com");
+    let mut q = req(&body, Some("application/json"));
+    let one = out_str(&r.redact(&q).unwrap(), &body);
+    q.app = "other";
+    let two = out_str(&r.redact(&q).unwrap(), &body);
+    let toks = |s: &str| {
+        s.match_indices("[EMAIL:")
+            .map(|(i, _)| s[i..i + 16].to_string())
+            .collect::<Vec<_>>()
+    };
+    let (t1, t2) = (toks(&one), toks(&two));
+    assert_eq!(t1.len(), 3);
+    assert_eq!(t1[0], t1[2]);
+    assert_ne!(t1[0], t1[1]);
+    assert_ne!(t1[0], t2[0]);
+}
+
+#[test]
+fn hashed_output_is_stable_under_a_second_pass() {
+    let dir = tempdir("hash2");
+    std::fs::write(
+        dir.join("r.yaml"),
+        "hash_key: \"0123456789abcdef0123\"\ndefault_action: hash\n",
+    )
+    .unwrap();
+    let r = Redactor::load(&dir.join("r.yaml")).unwrap();
+    let body = chat("password=Zq8#kLm2!vR9xT mail a@example.com card 4111 1111 1111 1111 key AKIAIOSFODNN7EXAMPL3");
+    let once = out_str(&run(&r, &body), &body);
+    assert!(
+        once.contains("[SECRET:") && once.contains("[CARD:"),
+        "{once}"
+    );
+    let twice = run(&r, once.as_bytes());
+    assert!(twice.findings.is_empty(), "{:?} in {once}", twice.findings);
+}
+
+#[test]
+fn block_and_monitor_and_overrides() {
+    let r = Redactor::builtin();
+    let body = chat("key AKIAIOSFODNN7EXAMPL3 mail x@example.com");
+    let mut ov = HashMap::new();
+    ov.insert("AWS_KEY".to_string(), Action::Block);
+    let mut q = req(&body, Some("application/json"));
+    q.overrides = Some(&ov);
+    let out = r.redact(&q).unwrap();
+    assert!(out.blocked.as_deref().unwrap().contains("AWS_KEY"));
+    assert!(out.body.is_none());
+    ov.insert("AWS_KEY".to_string(), Action::Monitor);
+    ov.insert("EMAIL".to_string(), Action::Monitor);
+    let mut q = req(&body, Some("application/json"));
+    q.overrides = Some(&ov);
+    let out = r.redact(&q).unwrap();
+    assert!(out.blocked.is_none());
+    assert!(out.body.is_none());
+    assert_eq!(out.findings.len(), 2);
+}
+
+// ---------------------------------------------------------------- refusals and encodings
+
+#[test]
+fn refusals() {
+    let r = Redactor::builtin();
+    assert!(matches!(
+        r.redact(&req(b"{\"a\":", Some("application/json"))),
+        Err(Refusal::BadJson(_))
+    ));
+    assert!(matches!(
+        r.redact(&req(b"{\"a\":1,\"a\":2}", Some("application/json"))),
+        Err(Refusal::DuplicateKey(_))
+    ));
+    assert!(matches!(
+        r.redact(&req(b"{\"a\":1,\"\\u0061\":2}", None)),
+        Err(Refusal::DuplicateKey(_))
+    ));
+    let mut q = req(b"{}", Some("application/json"));
+    q.content_encoding = Some("compress");
+    assert!(matches!(r.redact(&q), Err(Refusal::UnsupportedEncoding(_))));
+    let mut q = req(b"not gzip", Some("application/json"));
+    q.content_encoding = Some("gzip");
+    assert!(matches!(r.redact(&q), Err(Refusal::UnsupportedEncoding(_))));
+    let big = vec![b' '; 100];
+    let mut q = req(&big, Some("text/plain"));
+    q.max_bytes = 10;
+    assert_eq!(r.redact(&q), Err(Refusal::TooLarge));
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert!(matches!(
+        r.redact(&req(deep.as_bytes(), None)),
+        Err(Refusal::BadJson(_))
+    ));
+}
+
+#[test]
+fn compressed_bodies_are_decoded_scanned_and_bounded() {
+    let r = Redactor::builtin();
+    let body = chat("mail x@example.com");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut q = req(&gz, Some("application/json"));
+    q.content_encoding = Some("gzip");
+    let out = r.redact(&q).unwrap();
+    assert!(out.decompressed);
+    assert!(String::from_utf8(out.body.unwrap())
+        .unwrap()
+        .contains("[REDACTED:EMAIL]"));
+    let z = zstd::encode_all(&body[..], 3).unwrap();
+    let mut q = req(&z, Some("application/json"));
+    q.content_encoding = Some("zstd");
+    assert_eq!(r.redact(&q).unwrap().findings.len(), 1);
+    let mut br = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+        w.write_all(&body).unwrap();
+    }
+    let mut q = req(&br, Some("application/json"));
+    q.content_encoding = Some("br");
+    assert_eq!(r.redact(&q).unwrap().findings.len(), 1);
+    // a bomb: 4 MiB of zeros in a few KiB, over a 1 MiB bound
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 4 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    let mut q = req(&bomb, Some("application/json"));
+    q.content_encoding = Some("gzip");
+    assert_eq!(r.redact(&q), Err(Refusal::TooLarge));
+    // clean compressed body: forward the original bytes
+    let clean = chat("nothing here");
+    let z = zstd::encode_all(&clean[..], 3).unwrap();
+    let mut q = req(&z, Some("application/json"));
+    q.content_encoding = Some("zstd");
+    let out = r.redact(&q).unwrap();
+    assert!(out.body.is_none() && !out.decompressed);
+}
+
+#[test]
+fn text_plain_whole_body_and_sha() {
+    let r = Redactor::builtin();
+    let body = b"ssn 123-45-6789\n";
+    let out = r
+        .redact(&req(body, Some("text/plain; charset=utf-8")))
+        .unwrap();
+    assert_eq!(out.body.as_deref(), Some(&b"ssn [REDACTED:SSN]\n"[..]));
+    assert_eq!(out.prompt_sha256.len(), 64);
+    assert!(matches!(
+        r.redact(&req(&[0xff, 0xfe], Some("text/plain"))),
+        Err(Refusal::UnsupportedEncoding(_))
+    ));
+}
+
+// ---------------------------------------------------------------- configuration
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("airlock-redact-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn shipped_policy_loads() {
+    let p = manifest().join("../policies/redaction.yaml");
+    let r = Redactor::load(&p).unwrap_or_else(|e| panic!("{e:#?}"));
+    let rules = r.rules();
+    assert!(rules.iter().any(|(n, _, _)| n == "customers"));
+    let body = chat("Project Bluebird is ready for Initech Corp; ticket EMP-123456");
+    let out = run(&r, &body);
+    let by = findings_by_type(&out.findings);
+    assert_eq!(by.get("CODENAME"), Some(&1), "{by:?}");
+    assert_eq!(by.get("CUSTOMER"), Some(&1), "{by:?}");
+    assert_eq!(by.get("EMPLOYEE_ID"), Some(&1), "{by:?}");
+}
+
+#[test]
+fn every_config_error_is_reported_with_file_and_line() {
+    let d = tempdir("cfg");
+    let yaml = "\
+version: 1
+detectors:
+  emial: { action: mask }
+  phone: { action: shred }
+dictionaries:
+  - name: people
+    type: PERSON
+    file: missing.txt
+rules:
+  - name: bad
+    type: BAD
+    pattern: '([a-z'
+    action: mask
+    colour: red
+";
+    let p = d.join("redaction.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let errs = Redactor::load(&p).unwrap_err();
+    let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let all = text.join("\n");
+    assert_eq!(errs.len(), 5, "{all}");
+    assert!(
+        all.contains(":3: detectors.emial: unknown detector \"emial\""),
+        "{all}"
+    );
+    assert!(
+        all.contains(":4: detectors.phone.action: unknown action \"shred\""),
+        "{all}"
+    );
+    assert!(
+        all.contains(":8: dictionaries[0].file: dictionary file \"missing.txt\""),
+        "{all}"
+    );
+    assert!(
+        all.contains(":12: rules[0].pattern: invalid regex"),
+        "{all}"
+    );
+    assert!(
+        all.contains(":14: rules[0].colour: unknown key \"colour\""),
+        "{all}"
+    );
+    assert!(errs.iter().all(|e| e.location().file == p));
+}
+
+// ---------------------------------------------------------------- fuzz seeds
+
+#[test]
+fn fuzz_seed_corpus_runs_clean() {
+    let dir = manifest().join("fuzz/corpus/redact_body");
+    let r = Redactor::builtin();
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for ct in [Some("application/json"), Some("text/plain"), None] {
+            if let Ok(out) = r.redact(&req(&bytes, ct)) {
+                if let (Some(b), Some("application/json")) = (&out.body, ct) {
+                    serde_json::from_slice::<serde_json::Value>(b).unwrap();
+                }
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 5, "seed corpus at {} is too small", dir.display());
+    let _ = Path::new("");
+}
