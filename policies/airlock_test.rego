@@ -34,9 +34,9 @@ test_model_not_in_allow_list_denied if {
 }
 
 test_app_blocked_finding_denies if {
-	d := airlock.decision with input as with_finding(req("support-bot", "gpt-4o"), "credit_card", "mask")
+	d := airlock.decision with input as with_finding(req("support-bot", "gpt-4o"), "card", "mask")
 	not d.allow
-	"finding_blocked:credit_card" in d.reasons
+	"finding_blocked:card" in d.reasons
 }
 
 test_default_blocked_finding_denies_every_app if {
@@ -91,5 +91,5 @@ test_app_blocked_finding_with_mocked_data if {
 
 test_default_blocked_types_merged_into_app if {
 	"private_key" in data.apps.apps["support-bot"].blocked_findings
-	"credit_card" in data.apps.apps["support-bot"].blocked_findings
+	"card" in data.apps.apps["support-bot"].blocked_findings
 }

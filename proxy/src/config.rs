@@ -58,6 +58,17 @@ pub struct Config {
     /// Pod identity on Kubernetes.
     #[serde(default)]
     pub identity: crate::identity::kube::IdentityConfig,
+    /// Inline redaction of prompts; absent means no redaction stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redaction: Option<RedactionSettings>,
+}
+
+/// `redaction:` — where the rules live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionSettings {
+    /// Rules file (`redaction.yaml`); dictionaries it names are relative to it.
+    pub rules: PathBuf,
 }
 
 fn enforcement_off() -> crate::agent::config::EnforcementConfig {
@@ -351,6 +362,9 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(p) = c.policy.as_mut() {
         p.dir = resolve(base, &p.dir);
+    }
+    if let Some(r) = c.redaction.as_mut() {
+        r.rules = resolve(base, &r.rules);
     }
     if let Some(b) = c.budgets.as_mut() {
         b.data_file = b.data_file.as_ref().map(|f| resolve(base, f));

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod respond;
 pub mod route;

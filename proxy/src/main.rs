@@ -39,6 +39,44 @@ enum Cmd {
         /// Decision log file (JSON lines).
         file: PathBuf,
     },
+    /// Remove every pinned eBPF program, link and map (enforcement off on this node).
+    Detach {
+        /// Configuration file (for `enforcement.bpffs`).
+        #[arg(long, default_value = "policies/airlock.yaml")]
+        config: PathBuf,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Read a request body on stdin and write it as Airlock would forward it.
+    Redact {
+        /// Configuration file (its `redaction.rules` are used).
+        #[arg(long, default_value = "policies/airlock.yaml")]
+        config: PathBuf,
+        /// Print the findings as a JSON array instead of the body.
+        #[arg(long)]
+        findings: bool,
+        /// Content-Type of the body.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Request path (selects nothing today: every string is scanned).
+        #[arg(long, default_value = "/v1/chat/completions")]
+        path: String,
+        /// App id (keys the `hash` action).
+        #[arg(long, default_value = "cli")]
+        app: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Run the Rego unit tests (`test_` rules) in a policy directory.
+    Test {
+        /// Policy directory.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +118,33 @@ fn try_main() -> anyhow::Result<ExitCode> {
             }
         },
         Cmd::Run { config } => run(config),
+        Cmd::Detach { config } => {
+            let loaded = match airlock::config::load(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let bpffs = &loaded.config.enforcement.bpffs;
+            airlock::agent::detach(bpffs)
+                .map_err(|e| anyhow::anyhow!(airlock::agent::error_chain(&e)))?;
+            println!("detached: {} removed", bpffs.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy {
+            cmd: PolicyCmd::Test { dir },
+        } => Ok(match airlock::policy::test_command(&dir) {
+            0 => ExitCode::SUCCESS,
+            n => ExitCode::from(u8::try_from(n).unwrap_or(1)),
+        }),
+        Cmd::Redact {
+            config,
+            findings,
+            content_type,
+            path,
+            app,
+        } => redact(config, findings, &content_type, &path, &app),
         Cmd::VerifyLog { file } => match verify(&file)? {
             Verification::Intact { lines } => {
                 println!("{}: chain intact ({lines} lines)", file.display());
@@ -129,4 +194,71 @@ fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
         airlock.stop_now();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn redact(
+    config: PathBuf,
+    findings: bool,
+    content_type: &str,
+    path: &str,
+    app: &str,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let loaded = match airlock::config::load(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Some(settings) = &loaded.config.redaction else {
+        eprintln!("{}: no redaction section", config.display());
+        return Ok(ExitCode::from(2));
+    };
+    let r = match airlock::redact::Redactor::load(&settings.rules) {
+        Ok(r) => r,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("{e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let max = loaded.config.limits.max_body_bytes as usize;
+    let mut body = Vec::new();
+    std::io::stdin()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)?;
+    if body.len() > max {
+        eprintln!("refused: body larger than limits.max_body_bytes ({max})");
+        return Ok(ExitCode::from(2));
+    }
+    let req = airlock::redact::ScanRequest {
+        body: &body,
+        content_type: Some(content_type),
+        content_encoding: None,
+        path,
+        app,
+        max_bytes: max,
+        overrides: None,
+    };
+    match r.redact(&req) {
+        Err(e) => {
+            eprintln!("refused: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            if findings {
+                serde_json::to_writer_pretty(&mut stdout, &out.findings)?;
+                writeln!(stdout)?;
+            } else if let Some(reason) = &out.blocked {
+                eprintln!("refused: blocked ({reason})");
+                return Ok(ExitCode::from(2));
+            } else {
+                stdout.write_all(out.body.as_deref().unwrap_or(&body))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

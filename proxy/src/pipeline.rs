@@ -141,6 +141,76 @@ fn splice_include_usage(body: &[u8], v: &serde_json::Value) -> Option<(Vec<u8>, 
     }
 }
 
+fn run_redaction(
+    r: &crate::redact::Redactor,
+    info: &RequestInfo<'_>,
+    body: &[u8],
+    state: &State,
+    overrides: Option<&std::collections::HashMap<String, crate::redact::Action>>,
+) -> Result<crate::redact::Outcome, Refusal> {
+    use crate::redact::Refusal as R;
+    let req = crate::redact::ScanRequest {
+        body,
+        content_type: info.content_type,
+        content_encoding: info.content_encoding,
+        path: info.path,
+        app: info.app,
+        max_bytes: state.loaded.config.limits.max_body_bytes as usize,
+        overrides,
+    };
+    r.redact(&req).map_err(|e| match &e {
+        R::BadJson(_) => Refusal::deny(400, "invalid_json", e.to_string()),
+        R::DuplicateKey(_) => Refusal::deny(400, "duplicate_key", e.to_string()),
+        R::UnsupportedEncoding(_) => Refusal::deny(415, "unsupported_encoding", e.to_string()),
+        R::TooLarge => Refusal::deny(413, "body_too_large", e.to_string()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // one call site pair; a struct would only rename these
+fn apply_redaction(
+    metrics: Option<&Metrics>,
+    info: &RequestInfo<'_>,
+    out: crate::redact::Outcome,
+    forward: &mut Bytes,
+    findings: &mut BTreeMap<String, u64>,
+    input_findings: &mut Vec<InputFinding>,
+    decision: &mut Decision,
+    decompressed: &mut bool,
+) -> Result<(), Refusal> {
+    let mut by_kind_action: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+    for f in &out.findings {
+        *by_kind_action
+            .entry((f.kind.clone(), f.action.as_str()))
+            .or_default() += 1;
+    }
+    for ((kind, action), n) in &by_kind_action {
+        if let Some(m) = metrics {
+            m.redaction(info.app, kind, action, *n);
+        }
+        *findings.entry(kind.clone()).or_default() += n;
+        input_findings.push(InputFinding {
+            kind: kind.to_ascii_lowercase(),
+            action: (*action).to_string(),
+            count: *n,
+        });
+    }
+    if let Some(what) = out.blocked {
+        let mut r = Refusal::deny(
+            403,
+            "redaction_block",
+            format!("request blocked: it contains {what}"),
+        );
+        r.more_reasons = vec![format!("blocked:{what}")];
+        return Err(r);
+    }
+    if let Some(b) = out.body {
+        *forward = Bytes::from(b);
+        *decision = Decision::Redact;
+    }
+    *decompressed |= out.decompressed;
+    Ok(())
+}
+
 /// Judge one complete request body. Never panics; bounded by the body size.
 pub fn inspect_body(
     state: &State,
@@ -148,12 +218,30 @@ pub fn inspect_body(
     info: &RequestInfo<'_>,
     body: Bytes,
 ) -> Result<(BodyVerdict, Option<Ticket>), Refusal> {
-    let prompt_sha256 = hex::encode(Sha256::digest(&body));
+    let original = body.clone();
     let mut forward = body;
-    let findings: BTreeMap<String, u64> = BTreeMap::new();
-    let input_findings: Vec<InputFinding> = Vec::new();
-    let decision = Decision::Allow;
-    let decompressed = false;
+    let mut findings: BTreeMap<String, u64> = BTreeMap::new();
+    let mut input_findings: Vec<InputFinding> = Vec::new();
+    let mut decision = Decision::Allow;
+    let mut decompressed = false;
+    let mut prompt_sha256 = None;
+
+    // Redaction (stage 6): every provider-bound string, as the model will see it.
+    if let Some(r) = &state.redactor {
+        let out = run_redaction(r, info, &original, state, None)?;
+        prompt_sha256 = Some(out.prompt_sha256.clone());
+        apply_redaction(
+            Some(stages.metrics),
+            info,
+            out,
+            &mut forward,
+            &mut findings,
+            &mut input_findings,
+            &mut decision,
+            &mut decompressed,
+        )?;
+    }
+    let prompt_sha256 = prompt_sha256.unwrap_or_else(|| hex::encode(Sha256::digest(&original)));
 
     let json = is_json(info.content_type, &forward);
     let value: Option<serde_json::Value> = if json && !forward.is_empty() {
@@ -289,7 +377,7 @@ pub fn inspect_body(
                 },
                 max_output: 0,
             },
-            findings: input_findings,
+            findings: std::mem::take(&mut input_findings),
             budget: InputBudget {
                 remaining: budget_left.clone().unwrap_or_default(),
                 soft_exceeded: Vec::new(),
@@ -297,6 +385,33 @@ pub fn inspect_body(
         };
         match policy.decide(&input) {
             Ok(d) if d.allow => {
+                // Per-app redaction actions from the policy: scan again with them.
+                if let (Some(r), false) = (&state.redactor, d.overrides.redaction.is_empty()) {
+                    let ov: std::collections::HashMap<String, crate::redact::Action> = d
+                        .overrides
+                        .redaction
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            crate::redact::Action::parse(v).map(|a| (k.to_ascii_uppercase(), a))
+                        })
+                        .collect();
+                    let out = run_redaction(r, info, &original, state, Some(&ov))?;
+                    forward = original.clone();
+                    findings.clear();
+                    input_findings.clear();
+                    decision = Decision::Allow;
+                    // Counted once: the first pass already did.
+                    apply_redaction(
+                        None,
+                        info,
+                        out,
+                        &mut forward,
+                        &mut findings,
+                        &mut input_findings,
+                        &mut decision,
+                        &mut decompressed,
+                    )?;
+                }
                 if d.would_deny() {
                     for r in &d.reasons {
                         stages.metrics.policy_denial(info.app, r, false);

@@ -443,7 +443,7 @@ pub struct InputTokens {
 /// Findings of one type from the redaction stage.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct InputFinding {
-    /// Finding type, e.g. `email`, `credit_card`.
+    /// Finding type, e.g. `email`, `card`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Action the redaction rule applied: `mask`, `hash` or `block`.
@@ -1214,7 +1214,7 @@ mod tests {
         let b = PolicyBundle::load(&policies()).unwrap();
         let mut blocked = input("support-bot", "gpt-4o");
         blocked.findings.push(InputFinding {
-            kind: "credit_card".into(),
+            kind: "card".into(),
             action: "mask".into(),
             count: 1,
         });
@@ -1263,13 +1263,13 @@ mod tests {
         let b = PolicyBundle::load(&policies()).unwrap();
         let mut i = input("support-bot", "gpt-4o");
         i.findings.push(InputFinding {
-            kind: "credit_card".into(),
+            kind: "card".into(),
             action: "mask".into(),
             count: 1,
         });
         let d = b.decide(&i).unwrap();
         assert!(!d.allow);
-        assert!(d.reasons.contains("finding_blocked:credit_card"), "{d:?}");
+        assert!(d.reasons.contains("finding_blocked:card"), "{d:?}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct State {
     pub policy: Option<crate::policy::PolicyBundle>,
     /// Budget limits and prices (budget stage on).
     pub limits: Option<crate::budget::Limits>,
+    /// Compiled redaction rules (redaction stage on).
+    pub redactor: Option<crate::redact::Redactor>,
 }
 
 impl State {
@@ -85,6 +87,32 @@ impl State {
                 (None, None, hex::encode(h.finalize()))
             }
         };
+        let redactor = match &cfg.redaction {
+            Some(r) => Some(crate::redact::Redactor::load(&r.rules).map_err(|errs| {
+                ConfigErrors(
+                    errs.iter()
+                        .map(|e| crate::config::ConfigError {
+                            file: r.rules.clone(),
+                            key: String::new(),
+                            message: e.to_string(),
+                        })
+                        .collect(),
+                )
+            })?),
+            None => None,
+        };
+        // The rules and dictionaries are part of what is in force: hash them into the revision.
+        let full_rev = match &cfg.redaction {
+            Some(r) => {
+                let mut h = Sha256::new();
+                h.update(full_rev.as_bytes());
+                if let Some(dir) = r.rules.parent() {
+                    hash_tree(&mut h, dir, &r.rules);
+                }
+                hex::encode(h.finalize())
+            }
+            None => full_rev,
+        };
         let revision = PolicyRevision(full_rev.chars().take(12).collect());
         Ok(State {
             loaded,
@@ -92,7 +120,22 @@ impl State {
             revision,
             policy,
             limits,
+            redactor,
         })
+    }
+}
+
+/// Hash the rules file and the dictionaries directory next to it (sorted, bounded).
+fn hash_tree(h: &mut Sha256, dir: &std::path::Path, rules: &std::path::Path) {
+    h.update(std::fs::read(rules).unwrap_or_default());
+    let dict = dir.join("dictionaries");
+    if let Ok(rd) = std::fs::read_dir(&dict) {
+        let mut files: Vec<_> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        for f in files.into_iter().take(1000) {
+            h.update(f.to_string_lossy().as_bytes());
+            h.update(std::fs::read(&f).unwrap_or_default());
+        }
     }
 }
 
