@@ -227,6 +227,19 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
     }
 
+    /// Create the zero-valued series dashboards and alerts expect before the first event.
+    pub fn init_series(&self, gateways: &[&str]) {
+        for g in gateways {
+            for k in ["connect", "tls", "timeout", "other"] {
+                let _ = self.upstream_errors.with_label_values(&[g, k]);
+            }
+        }
+        let _ = self.log_errors.with_label_values(&["write"]);
+        for r in ["ok", "error"] {
+            let _ = self.reloads.with_label_values(&[r]);
+        }
+    }
+
     /// Count a budget rejection.
     pub fn budget_rejection(&self, app: &str, budget: &str) {
         self.budget_rejections

@@ -85,6 +85,7 @@ pub struct Airlock {
     stop_admin: watch::Sender<bool>,
     proxy_thread: Option<JoinHandle<()>>,
     admin_thread: Option<JoinHandle<()>>,
+    reloader: Option<crate::reload::Reloader>,
 }
 
 impl Airlock {
@@ -118,8 +119,16 @@ impl Airlock {
             agent,
             budgets: crate::budget::Budgets::new(),
         });
-        let rev = shared.state.load().revision.0.clone();
-        shared.metrics.set_revision(&rev);
+        {
+            let st = shared.state.load();
+            shared.metrics.set_revision(&st.revision.0);
+            let names: Vec<&str> = st.router.gateways().iter().map(|g| &*g.name.0).collect();
+            shared.metrics.init_series(&names);
+        }
+        if shared.state.load().limits.is_some() {
+            // Load the tokenizer tables now, not on the first request.
+            std::thread::spawn(crate::tokens::warm);
+        }
         shared.metrics.reload("ok");
         shared.readiness.set(STEP_CONFIG, true);
 
@@ -129,6 +138,8 @@ impl Airlock {
             source,
         })?;
         let (stop_admin, stop_admin_rx) = watch::channel(false);
+        let reloader = start_reloader(path, &shared)?;
+        let sighup = reloader.as_ref().map(|r| r.trigger());
         let admin_shared = shared.clone();
         let agent = shared.agent.clone();
         let admin_thread = std::thread::Builder::new()
@@ -148,6 +159,9 @@ impl Airlock {
                 rt.block_on(async move {
                     // Cgroup rescans and kernel log events run beside the admin plane.
                     let _background = agent.as_ref().map(Agent::spawn);
+                    if let Some(t) = sighup {
+                        tokio::spawn(crate::reload::forward_sighup(t));
+                    }
                     match tokio::net::TcpListener::from_std(admin_listener) {
                         Ok(l) => {
                             if let Err(e) = admin::serve(l, admin_shared, stop_admin_rx).await {
@@ -207,6 +221,7 @@ impl Airlock {
             stop_admin,
             proxy_thread: Some(proxy_thread),
             admin_thread: Some(admin_thread),
+            reloader,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -228,6 +243,13 @@ impl Airlock {
         Ok(airlock)
     }
 
+    /// Ask for a reload now (what SIGHUP does). False if reloading is not running.
+    pub fn reload(&self) -> bool {
+        self.reloader
+            .as_ref()
+            .is_some_and(|r| r.trigger().trigger(crate::reload::Trigger::Manual))
+    }
+
     /// Stop at once, dropping in-flight requests (tests, failed start-up).
     pub fn stop_now(&mut self) {
         self.stop(Stop::Fast);
@@ -240,6 +262,7 @@ impl Airlock {
 
     fn stop(&mut self, sig: Stop) {
         self.shared.readiness.set(STEP_LISTENER, false);
+        self.reloader = None;
         let _ = self.stop_proxy.send(Some(sig));
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.proxy_thread.take() {
@@ -248,6 +271,69 @@ impl Airlock {
         if let Some(t) = self.admin_thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Watch the config file and the policy directory; build each change off to the
+/// side and swap it in whole, or keep the last good state and say why.
+fn start_reloader(
+    path: &Path,
+    shared: &Arc<Shared>,
+) -> Result<Option<crate::reload::Reloader>, StartError> {
+    let st = shared.state.load();
+    let cfg = &st.loaded.config;
+    let dir = cfg
+        .policy
+        .as_ref()
+        .map(|p| p.dir.clone())
+        .or_else(|| {
+            cfg.redaction
+                .as_ref()
+                .and_then(|r| r.rules.parent().map(Path::to_path_buf))
+        })
+        .unwrap_or_else(|| st.loaded.base_dir.clone());
+    let spec = cfg.reload.spec(Some(path.to_path_buf()), dir);
+    let listen = (
+        cfg.listen.clone(),
+        cfg.admin.clone(),
+        cfg.enforcement.clone(),
+    );
+    drop(st);
+    let file = path.to_path_buf();
+    let build = move || -> Result<State, String> {
+        let loaded = config::load(&file).map_err(|e| e.to_string())?;
+        State::build(loaded).map_err(|e| e.to_string())
+    };
+    let sh = shared.clone();
+    let report = move |r: crate::reload::ReloadReport<State, String>| match r.result {
+        Ok(st) => {
+            let c = &st.loaded.config;
+            if (c.listen.app_http, c.admin.listen) != (listen.0.app_http, listen.1.listen)
+                || c.enforcement != listen.2
+            {
+                tracing::warn!("listeners and enforcement changes take effect on restart only");
+            }
+            tracing::info!(revision = %st.revision.0, trigger = ?r.trigger, took = ?r.took, "configuration reloaded");
+            sh.install(st);
+            sh.metrics.reload("ok");
+            if let Ok(mut e) = sh.last_reload_error.lock() {
+                *e = None;
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, trigger = ?r.trigger, "reload rejected; the last good configuration stays in force");
+            sh.metrics.reload("error");
+            if let Ok(mut slot) = sh.last_reload_error.lock() {
+                *slot = Some(e);
+            }
+        }
+    };
+    match crate::reload::Reloader::spawn(spec, build, report) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => Err(StartError::Io {
+            what: "starting the reloader".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
     }
 }
 

@@ -198,6 +198,8 @@ impl Shared {
     /// Swap in a new state and publish its revision.
     pub fn install(&self, st: State) {
         self.metrics.set_revision(&st.revision.0);
+        let names: Vec<&str> = st.router.gateways().iter().map(|g| &*g.name.0).collect();
+        self.metrics.init_series(&names);
         self.state.store(Arc::new(st));
     }
 }
