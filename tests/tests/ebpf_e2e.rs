@@ -107,7 +107,13 @@ impl World {
     fn curl_in_app(&self, args: &[&str]) -> Output {
         self.cg
             .command("curl")
-            .args(["-sS", "--max-time", "10", "-H", "content-type: application/json"])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                "content-type: application/json",
+            ])
             .args(args)
             .output()
             .expect("run curl")
@@ -138,16 +144,27 @@ fn unmodified_curl_is_captured_routed_over_tls_and_identified() {
     let trap = Trap::bind("127.0.0.77:80");
     let other = Trap::bind("127.0.0.88:80");
     let airlock = Airlock::start(&w.cfg).expect("airlock with enforcement starts");
-    assert!(airlock.shared.readiness.pending().is_empty(), "ready once attached");
+    assert!(
+        airlock.shared.readiness.pending().is_empty(),
+        "ready once attached"
+    );
 
     // 1. By address, exactly as the app would call its gateway.
     let out = w.curl_in_app(&["http://127.0.0.77/v1/chat/completions", "-d", body()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["object"], "chat.completion");
     let got = w.gw.received();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].sni.as_deref(), Some("api.openai.com"), "TLS with the gateway's SNI");
+    assert_eq!(
+        got[0].sni.as_deref(),
+        Some("api.openai.com"),
+        "TLS with the gateway's SNI"
+    );
     assert_eq!(got[0].body, body().as_bytes());
     let recs = wait_log(&w.log, 1);
     assert_eq!(recs[0]["app"], APP);
@@ -164,19 +181,35 @@ fn unmodified_curl_is_captured_routed_over_tls_and_identified() {
         "-d",
         body(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(w.gw.received().len(), 2);
 
     // 3. IPv6.
     let url = format!("http://[::1]:{}/v1/chat/completions", v6_trap.addr.port());
     let out = w.curl_in_app(&["-g", &url, "-d", body()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(w.gw.received().len(), 3);
     let recs = wait_log(&w.log, 3);
     assert_eq!(recs[2]["origin"], format!("[::1]:{}", v6_trap.addr.port()));
 
     // 4. A destination no gateway claims: refused with 403, recorded, never reached.
-    let out = w.curl_in_app(&["-w", "%{http_code}", "-o", "/dev/null", "http://127.0.0.88/v1/chat/completions", "-d", body()]);
+    let out = w.curl_in_app(&[
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "http://127.0.0.88/v1/chat/completions",
+        "-d",
+        body(),
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
     let recs = wait_log(&w.log, 4);
     assert_eq!(recs[3]["decision"], "deny");
@@ -185,7 +218,14 @@ fn unmodified_curl_is_captured_routed_over_tls_and_identified() {
 
     // 5. A process outside the cgroup is untouched.
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "2", "-o", "/dev/null", "http://127.0.0.88/"])
+        .args([
+            "-sS",
+            "--max-time",
+            "2",
+            "-o",
+            "/dev/null",
+            "http://127.0.0.88/",
+        ])
         .output()
         .unwrap();
     let _ = out;
@@ -222,7 +262,12 @@ fn proxy_down_fails_closed_and_a_restart_takes_over_the_pins() {
 
     // No proxy: the app's connect is refused; nothing goes around.
     let out = w.curl_in_app(&["http://127.0.0.79/v1/chat/completions", "-d", body()]);
-    assert_eq!(out.status.code(), Some(7), "curl: connection refused; {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl: connection refused; {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(trap.hits(), 0);
 
     // The next agent reuses the pinned programs: no second attach.
@@ -234,7 +279,15 @@ fn proxy_down_fails_closed_and_a_restart_takes_over_the_pins() {
     assert_eq!(kinds, unique, "exactly one program of each kind: {kinds:?}");
     assert!(kinds.len() >= 5, "{kinds:?}");
     // 127.0.0.79:80 is no gateway: refused by the proxy, still never reaching the trap.
-    let out = w.curl_in_app(&["-w", "%{http_code}", "-o", "/dev/null", "http://127.0.0.79/x", "-d", body()]);
+    let out = w.curl_in_app(&[
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "http://127.0.0.79/x",
+        "-d",
+        body(),
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
     let out = w.curl_in_app(&["http://127.0.0.77/v1/chat/completions", "-d", body()]);
     assert!(out.status.success(), "traffic flows again");

@@ -254,7 +254,48 @@ fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     false
 }
 
+/// The cgroup v2 mount: `/sys/fs/cgroup/unified` on hybrid hosts, else `/sys/fs/cgroup`.
+fn cgroup_root() -> PathBuf {
+    let hybrid = Path::new("/sys/fs/cgroup/unified");
+    if hybrid.join("cgroup.procs").exists() {
+        hybrid.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+/// The demo's app cgroup, removed (with the eBPF pins) when dropped.
+struct DemoCgroup {
+    parent: PathBuf,
+    app: PathBuf,
+    airlock: PathBuf,
+}
+
+impl Drop for DemoCgroup {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.airlock)
+            .args(["detach", "--config", "policies/airlock.yaml"])
+            .status();
+        let _ = std::fs::remove_dir(&self.app);
+        let _ = std::fs::remove_dir(&self.parent);
+        eprintln!(
+            "    removed {} and the pinned eBPF programs",
+            self.parent.display()
+        );
+    }
+}
+
+/// Run a command as an unmodified app would: inside the app's cgroup.
+fn in_app(cg: &Path, cmd: &str) -> Result<String> {
+    let script = format!("echo $$ > {}/cgroup.procs && exec {cmd}", cg.display());
+    let o = Command::new("sh").args(["-c", &script]).output()?;
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+}
+
 fn demo(root: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("the demo attaches eBPF programs to a cgroup: run it as root");
+    }
     step("build (debug)");
     run(Command::new("cargo").args(["build", "-p", "airlock", "-p", "airlock-tests", "--bins"]))?;
     let target = root.join("target/debug");
@@ -276,7 +317,25 @@ fn demo(root: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    step("check and start Airlock with policies/airlock.yaml");
+    step(
+        "a trap listener on 127.0.0.77:80, the gateway address the app calls: it must stay silent",
+    );
+    let trap =
+        std::net::TcpListener::bind("127.0.0.77:80").context("binding the trap 127.0.0.77:80")?;
+    trap.set_nonblocking(true)?;
+
+    let cg_root = cgroup_root();
+    let parent = cg_root.join("airlock-demo");
+    let app_cg = parent.join("app");
+    step(&format!("create the app's cgroup {}", app_cg.display()));
+    std::fs::create_dir_all(&app_cg)?;
+    let _cg = DemoCgroup {
+        parent,
+        app: app_cg.clone(),
+        airlock: target.join("airlock"),
+    };
+
+    step("check and start Airlock with policies/airlock.yaml (eBPF on airlock-demo/*)");
     run(Command::new(target.join("airlock")).args(["check", "--config", "policies/airlock.yaml"]))?;
     let decisions = demo_dir.join("decisions.jsonl");
     let al = Command::new(target.join("airlock"))
@@ -285,71 +344,82 @@ fn demo(root: &Path) -> Result<()> {
         .spawn()
         .context("starting airlock")?;
     procs.0.push(("airlock".into(), al));
-    if !wait_http_ok("127.0.0.1:15020", "/readyz", Duration::from_secs(15)) {
+    if !wait_http_ok("127.0.0.1:15020", "/readyz", Duration::from_secs(20)) {
         bail!("airlock did not become ready on 127.0.0.1:15020/readyz");
     }
 
-    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise our Q3 churn numbers in two lines."}]}"#;
-    step("the app sends (plain HTTP, as an unmodified app would to its gateway)");
-    println!("POST http://api.openai.com/v1/chat/completions  (via Airlock at 127.0.0.1:15080)\n{body}\n");
-    let answer = output(
-        "curl",
-        &[
-            "-sS",
-            "--proxy",
-            "http://127.0.0.1:15080",
-            "-H",
-            "content-type: application/json",
-            "-H",
-            "x-airlock-app: demo-app",
-            "-D",
-            "-",
-            "http://api.openai.com/v1/chat/completions",
-            "-d",
-            body,
-        ],
-    )
-    .context("curl through the proxy")?;
-    let unknown = output(
-        "curl",
-        &[
-            "-sS",
-            "--proxy",
-            "http://127.0.0.1:15080",
-            "-H",
-            "x-airlock-app: demo-app",
-            "http://exfil.example.net/v1/chat/completions",
-            "-d",
-            body,
-        ],
-    )
-    .unwrap_or_default();
-    std::thread::sleep(Duration::from_millis(300));
+    let curl = |body: &str| {
+        format!(
+            "curl -sS -i -H 'content-type: application/json' http://127.0.0.77/v1/chat/completions -d '{body}'"
+        )
+    };
+    let plain = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise our Q3 churn numbers in two lines."}]}"#;
+    step("the app (an unmodified curl in the cgroup) calls http://127.0.0.77/v1/chat/completions");
+    println!("$ {}\n{}", curl(plain), in_app(&app_cg, &curl(plain))?);
 
-    step("what the gateway received (over TLS)");
+    let pii = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Refund jane.doe@example.com, card 4111 1111 1111 1111, use key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0fGh3i"}]}"#;
+    step("the app sends a prompt with an email, a card number and an API key");
+    println!("{pii}\n{}", in_app(&app_cg, &curl(pii))?);
+
+    step("what the gateway received (over TLS): the redacted prompt only");
+    std::thread::sleep(Duration::from_millis(200));
     for l in std::fs::read_to_string(&gw_log)?.lines() {
         let v: serde_json::Value = serde_json::from_str(l)?;
         println!(
-            "connection #{} SNI={} {} {}\nbody: {}\n",
+            "connection #{} SNI={} {} {}\n  body: {}",
             v["connection"], v["sni"], v["method"], v["path"], v["body"]
         );
     }
-    step("the answer the app got");
-    println!("{answer}\n");
-    step("a request to a destination no gateway claims");
-    println!("{unknown}\n");
-    step("decision log (one line per request, hash-chained)");
+
+    step("the app keeps calling: demo-app's budget is 5 requests/minute (policies/data/budgets.yaml)");
+    for i in 3..=6 {
+        let out = in_app(&app_cg, &curl(plain))?;
+        let status = out.lines().next().unwrap_or("").trim().to_string();
+        println!("request {i}: {status}");
+        if status.contains("429") {
+            for l in out.lines().filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("retry-after") || l.starts_with("ratelimit") || l.starts_with('{')
+            }) {
+                println!("    {l}");
+            }
+        }
+    }
+
+    step("a destination no gateway claims (127.0.0.88): refused, never reached");
+    println!(
+        "{}",
+        in_app(
+            &app_cg,
+            "curl -sS http://127.0.0.88/v1/chat/completions -d '{}'"
+        )?
+    );
+
+    let mut hits = 0;
+    while trap.accept().is_ok() {
+        hits += 1;
+    }
+    step(&format!(
+        "the trap on 127.0.0.77:80 received {hits} connection(s)"
+    ));
+
+    step("decision log (one line per request, hash-chained; no prompt values)");
+    std::thread::sleep(Duration::from_millis(300));
     for l in std::fs::read_to_string(&decisions)?.lines() {
         println!("{l}");
     }
     step("a few metrics (http://127.0.0.1:15020/metrics)");
     let m = output("curl", &["-s", "http://127.0.0.1:15020/metrics"]).unwrap_or_default();
     for l in m.lines().filter(|l| {
-        l.starts_with("airlock_requests_total")
-            || l.starts_with("airlock_overhead_seconds_count")
-            || l.starts_with("airlock_overhead_seconds_sum")
-            || l.starts_with("airlock_upstream_seconds_count")
-            || l.starts_with("airlock_config_revision_info")
+        !l.starts_with('#')
+            && (l.starts_with("airlock_requests_total")
+                || l.starts_with("airlock_redirects_total")
+                || l.starts_with("airlock_redactions_total")
+                || l.starts_with("airlock_budget_rejections_total")
+                || l.starts_with("airlock_tokens_total")
+                || l.starts_with("airlock_cost_usd_total")
+                || l.starts_with("airlock_overhead_seconds_count")
+                || l.starts_with("airlock_config_revision_info"))
     }) {
         println!("{l}");
     }
@@ -358,6 +428,9 @@ fn demo(root: &Path) -> Result<()> {
     run(Command::new(target.join("airlock"))
         .arg("verify-log")
         .arg(&decisions))?;
+    if hits > 0 {
+        bail!("the trap listener was reached: capture failed");
+    }
     Ok(())
 }
 
