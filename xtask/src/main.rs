@@ -166,6 +166,15 @@ fn setup() -> Result<()> {
         ]))?;
     }
 
+    step("set-up: kubectl (renders deploy/ with kustomize in the manifest tests)");
+    match output("kubectl", &["version", "--client"]) {
+        Some(v) => eprintln!("    present: {}", v.lines().next().unwrap_or("").trim()),
+        None => eprintln!(
+            "    kubectl is missing: the manifest test will fail; install a kubectl with kustomize ≥ 5 \
+             (Debian's kubernetes-client is too old)"
+        ),
+    }
+
     step("set-up: bpf-linker 0.13.0 (LLVM 22)");
     let v = output("bpf-linker", &["--version"]).unwrap_or_default();
     if v.contains("0.13.0") {
@@ -215,6 +224,10 @@ fn test() -> Result<()> {
     ]))?;
     step("every test");
     run(Command::new("cargo").args(["test", "--workspace", "--", "--test-threads=4"]))?;
+    step("the policy's own Rego unit tests (what security ops run: airlock policy test)");
+    run(Command::new("cargo").args([
+        "run", "--quiet", "-p", "airlock", "--", "policy", "test", "policies",
+    ]))?;
     Ok(())
 }
 

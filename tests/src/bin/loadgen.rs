@@ -116,10 +116,11 @@ fn main() -> Result<()> {
         prompt_bytes,
         seconds
     );
+    let default_yaml = default_stages_yaml(&work_dir)?;
     let targets = [
         ("direct", None),
         ("airlock-off", Some(stages_off_yaml())),
-        ("airlock-default", Some(String::new())),
+        ("airlock-default", Some(default_yaml)),
     ];
     for &rate in &rates {
         let mut base_p50 = 0.0;
@@ -229,12 +230,63 @@ fn main() -> Result<()> {
         println!("{r}");
     }
     drop(kids);
+    println!("\nconnect() cost with the eBPF programs attached vs not (same run):");
+    match airlock::agent::bench::connect_cost(20_000) {
+        Ok(r) => println!("{r}"),
+        Err(e) => println!("skipped: {}", airlock::agent::error_chain(&e)),
+    }
     Ok(())
 }
 
-/// Airlock with every optional stage off (later stages add their switches here).
+/// Airlock with every optional stage off: no redaction, policy or budget sections.
 fn stages_off_yaml() -> String {
     String::new()
+}
+
+/// Airlock as shipped: redaction, Rego policy and budgets from a copy of
+/// `policies/`, with an app whose budgets are large enough not to reject.
+fn default_stages_yaml(work_dir: &Path) -> Result<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let dst = work_dir.join("policies");
+    let _ = std::fs::remove_dir_all(&dst);
+    copy_dir(&src, &dst)?;
+    let apps = dst.join("data/apps.yaml");
+    let t = std::fs::read_to_string(&apps)?;
+    std::fs::write(
+        &apps,
+        t.replacen("apps:\n", "apps:\n  bench-app:\n    mode: enforce\n    models: [gpt-4o-mini]\n", 1),
+    )?;
+    let budgets = dst.join("data/budgets.yaml");
+    let t = std::fs::read_to_string(&budgets)?;
+    std::fs::write(
+        &budgets,
+        t.replacen(
+            "apps:\n",
+            "apps:\n  bench-app:\n    requests_per_minute: { hard: 10000000 }\n    tokens_per_minute: { hard: 100000000000 }\n    cost_per_day_usd: { hard: 100000000.0 }\n",
+            1,
+        ),
+    )?;
+    Ok(format!(
+        "explicit:\n  app_header: x-airlock-app\nredaction:\n  rules: {p}/redaction.yaml\npolicy:\n  dir: {p}\nbudgets:\n  default_max_tokens: 256\n",
+        p = dst.display()
+    ))
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let name = e.file_name();
+        if name == "certs" || name == "airlock.yaml" {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dst.join(&name))?;
+        } else {
+            std::fs::copy(e.path(), dst.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 fn cpu_model() -> String {
@@ -343,6 +395,7 @@ async fn one(tx: &mut SendRequest<Full<Bytes>>, body: Bytes) -> Result<bool> {
         .uri(REQUEST_PATH)
         .header("host", "api.openai.com")
         .header("content-type", "application/json")
+        .header("x-airlock-app", "bench-app")
         .body(Full::new(body))?;
     tx.ready().await?;
     let resp = tx.send_request(req).await?;
