@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     fmt,
     path::{Path, PathBuf},
-    sync::RwLock,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -124,7 +124,12 @@ pub struct Identity {
     root: PathBuf,
     rules: AppRules,
     cache: RwLock<Cache>,
+    external: RwLock<Option<ExternalMatcher>>,
 }
+
+/// A second source of cgroup path → app answers, consulted after the `apps`
+/// rules: the pods of this node on Kubernetes ([`kube`]).
+pub type ExternalMatcher = Arc<dyn Fn(&str) -> Option<AppId> + Send + Sync>;
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -146,12 +151,43 @@ impl Identity {
                 by_id: HashMap::new(),
                 last_walk: None,
             }),
+            external: RwLock::new(None),
         })
     }
 
     /// The compiled rules.
     pub fn rules(&self) -> &AppRules {
         &self.rules
+    }
+
+    /// Install the external matcher (pod identity) and drop cached answers.
+    pub fn set_external(&self, m: ExternalMatcher) {
+        if let Ok(mut e) = self.external.write() {
+            *e = Some(m);
+        }
+        self.clear();
+    }
+
+    /// Drop every cached answer (the pods changed: labels, opt-in, deletions).
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.cache.write() {
+            c.by_id.clear();
+            c.last_walk = None;
+        }
+    }
+
+    /// The app a cgroup (path relative to the root) belongs to by itself:
+    /// an `apps` rule, else the external matcher. For the agent's attach walk.
+    pub fn matching(&self, rel: &str) -> Option<AppId> {
+        self.rules
+            .matching(rel)
+            .cloned()
+            .or_else(|| self.external(rel))
+    }
+
+    fn external(&self, rel: &str) -> Option<AppId> {
+        let m = self.external.read().ok()?.clone()?;
+        m(rel)
     }
 
     /// The app of the cgroup with this id, or `None` when the cgroup is not
@@ -174,10 +210,15 @@ impl Identity {
         }
         c.last_walk = Some(Instant::now());
         for f in found {
-            let r = self.rules.app_for(&f.rel).map(|app| Resolved {
-                app: app.clone(),
-                cgroup_path: f.rel.clone(),
-            });
+            let r = self
+                .rules
+                .app_for(&f.rel)
+                .cloned()
+                .or_else(|| self.external(&f.rel))
+                .map(|app| Resolved {
+                    app,
+                    cgroup_path: f.rel.clone(),
+                });
             c.by_id.insert(f.id, r);
         }
         c.by_id.get(&cgroup_id).cloned().flatten()

@@ -12,7 +12,7 @@ use crate::config::{self, ConfigErrors};
 use crate::decision_log::{DecisionLog, LogError};
 use crate::metrics::{Metrics, MetricsError};
 use crate::proxy::AirlockProxy;
-use crate::state::{Readiness, Shared, State, STEP_CONFIG, STEP_EBPF, STEP_LISTENER};
+use crate::state::{Readiness, Shared, State, STEP_CONFIG, STEP_EBPF, STEP_LISTENER, STEP_PODS};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
@@ -46,6 +46,9 @@ pub enum StartError {
     /// eBPF enforcement could not be set up.
     #[error("enforcement: {}", crate::agent::error_chain(.0))]
     Agent(#[from] AgentError),
+    /// Pod identity could not be set up.
+    #[error("identity: {0}")]
+    Identity(String),
     /// The app listener did not come up in time.
     #[error("app listener {0} did not start accepting connections")]
     ListenerTimeout(std::net::SocketAddr),
@@ -138,10 +141,37 @@ impl Airlock {
             source,
         })?;
         let (stop_admin, stop_admin_rx) = watch::channel(false);
+        // Pod identity: the pods of this node that opt in are attached and named.
+        let kube = if cfg.identity.kubernetes {
+            shared.readiness.require(STEP_PODS);
+            let node = cfg
+                .identity
+                .node_name()
+                .map_err(|e| StartError::Identity(e.to_string()))?;
+            let k = Arc::new(
+                crate::identity::kube::KubeIdentity::new(
+                    &cfg.identity,
+                    node,
+                    shared.metrics.kube.clone(),
+                )
+                .map_err(|e| StartError::Identity(e.to_string()))?,
+            );
+            if let Some(agent) = &shared.agent {
+                let kk = k.clone();
+                agent.identity().set_external(Arc::new(move |rel: &str| {
+                    kk.app_for_cgroup_path(rel).map(|p| p.app)
+                }));
+            }
+            Some(k)
+        } else {
+            None
+        };
         let reloader = start_reloader(path, &shared)?;
         let sighup = reloader.as_ref().map(|r| r.trigger());
         let admin_shared = shared.clone();
         let agent = shared.agent.clone();
+        let agent_for_pods = shared.agent.clone();
+        let pods_shared = shared.clone();
         let admin_thread = std::thread::Builder::new()
             .name("airlock-admin".into())
             .spawn(move || {
@@ -161,6 +191,9 @@ impl Airlock {
                     let _background = agent.as_ref().map(Agent::spawn);
                     if let Some(t) = sighup {
                         tokio::spawn(crate::reload::forward_sighup(t));
+                    }
+                    if let Some(k) = kube {
+                        tokio::spawn(watch_pods(k, agent_for_pods, pods_shared));
                     }
                     match tokio::net::TcpListener::from_std(admin_listener) {
                         Ok(l) => {
@@ -270,6 +303,41 @@ impl Airlock {
         }
         if let Some(t) = self.admin_thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Run the pod watch; on every change of the pod set, forget cached answers and
+/// re-attach, so a new pod is enforced without waiting for the next rescan.
+async fn watch_pods(
+    k: Arc<crate::identity::kube::KubeIdentity>,
+    agent: Option<Agent>,
+    shared: Arc<Shared>,
+) {
+    let client = loop {
+        match crate::identity::kube::default_client().await {
+            Ok(c) => break c,
+            Err(e) => {
+                shared.metrics.kube.record_watch_error();
+                tracing::warn!(error = %e, "identity: no Kubernetes client yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let mut changes = k.changes();
+    let runner = k.clone();
+    tokio::spawn(async move { runner.run(client).await });
+    loop {
+        if k.synced() {
+            shared.readiness.set(STEP_PODS, true);
+        }
+        if let Some(a) = &agent {
+            a.identity().clear();
+            let a = a.clone();
+            let _ = tokio::task::spawn_blocking(move || a.sync()).await;
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

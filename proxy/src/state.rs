@@ -175,6 +175,8 @@ pub const STEP_CONFIG: &str = "config_loaded";
 pub const STEP_LISTENER: &str = "app_listener_bound";
 /// Readiness step: eBPF programs loaded and attached to the app cgroups.
 pub const STEP_EBPF: &str = "ebpf_attached";
+/// Readiness step: the first list of this node's pods is in (pod identity on).
+pub const STEP_PODS: &str = "pods_synced";
 
 /// What lives for the whole process and is shared by the data and admin planes.
 pub struct Shared {

@@ -511,7 +511,6 @@ impl Agent {
         let inner = &self.inner;
         let _one_at_a_time = lock(&inner.sync_lock);
         let bpffs = &inner.cfg.bpffs;
-        let rules = inner.identity.rules();
         let mut report = SyncReport::default();
 
         // Wanted: matching cgroups without a matching ancestor.
@@ -519,7 +518,7 @@ impl Agent {
         let mut want: BTreeMap<u64, Attached> = BTreeMap::new();
         let mut matched_paths: Vec<String> = Vec::new();
         for f in &found {
-            let Some(app) = rules.matching(&f.rel) else {
+            let Some(app) = inner.identity.matching(&f.rel) else {
                 continue;
             };
             let covered = matched_paths
@@ -534,7 +533,7 @@ impl Agent {
                 Attached {
                     path: f.rel.clone(),
                     cgroup_id: f.id,
-                    app: app.clone(),
+                    app,
                 },
             );
         }

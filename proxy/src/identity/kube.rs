@@ -573,6 +573,11 @@ impl KubeMetrics {
         Ok(KubeMetrics { watch_errors, pods })
     }
 
+    /// Count a failed attempt made outside the watcher (no client yet).
+    pub fn record_watch_error(&self) {
+        self.watch_errors.inc();
+    }
+
     /// Failed list/watch attempts so far.
     pub fn watch_errors(&self) -> u64 {
         self.watch_errors.get()

@@ -254,7 +254,11 @@ fn default_stages_yaml(work_dir: &Path) -> Result<String> {
     let t = std::fs::read_to_string(&apps)?;
     std::fs::write(
         &apps,
-        t.replacen("apps:\n", "apps:\n  bench-app:\n    mode: enforce\n    models: [gpt-4o-mini]\n", 1),
+        t.replacen(
+            "apps:\n",
+            "apps:\n  bench-app:\n    mode: enforce\n    models: [gpt-4o-mini]\n",
+            1,
+        ),
     )?;
     let budgets = dst.join("data/budgets.yaml");
     let t = std::fs::read_to_string(&budgets)?;
