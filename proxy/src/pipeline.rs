@@ -212,11 +212,29 @@ fn apply_redaction(
 }
 
 /// Judge one complete request body. Never panics; bounded by the body size.
+/// A refusal carries what was learnt of the body (model, hash, findings) for
+/// the decision record.
 pub fn inspect_body(
     state: &State,
     stages: &Stages<'_>,
     info: &RequestInfo<'_>,
     body: Bytes,
+) -> Result<(BodyVerdict, Option<Ticket>), Refusal> {
+    let mut seen = crate::respond::Seen::default();
+    inspect_inner(state, stages, info, body, &mut seen).map_err(|mut r| {
+        if r.seen.is_none() {
+            r.seen = Some(seen);
+        }
+        r
+    })
+}
+
+fn inspect_inner(
+    state: &State,
+    stages: &Stages<'_>,
+    info: &RequestInfo<'_>,
+    body: Bytes,
+    seen: &mut crate::respond::Seen,
 ) -> Result<(BodyVerdict, Option<Ticket>), Refusal> {
     let original = body.clone();
     let mut forward = body;
@@ -230,7 +248,7 @@ pub fn inspect_body(
     if let Some(r) = &state.redactor {
         let out = run_redaction(r, info, &original, state, None)?;
         prompt_sha256 = Some(out.prompt_sha256.clone());
-        apply_redaction(
+        let applied = apply_redaction(
             Some(stages.metrics),
             info,
             out,
@@ -239,9 +257,16 @@ pub fn inspect_body(
             &mut input_findings,
             &mut decision,
             &mut decompressed,
-        )?;
+        );
+        if let Err(r) = applied {
+            seen.prompt_sha256 = prompt_sha256;
+            seen.findings = findings;
+            return Err(r);
+        }
     }
     let prompt_sha256 = prompt_sha256.unwrap_or_else(|| hex::encode(Sha256::digest(&original)));
+    seen.prompt_sha256 = Some(prompt_sha256.clone());
+    seen.findings = findings.clone();
 
     let json = is_json(info.content_type, &forward);
     let value: Option<serde_json::Value> = if json && !forward.is_empty() {
@@ -263,6 +288,7 @@ pub fn inspect_body(
         .and_then(|v| v.get("model"))
         .and_then(|m| m.as_str())
         .map(str::to_string);
+    seen.model = model.clone();
     let stream = value
         .as_ref()
         .and_then(|v| v.get("stream"))

@@ -704,6 +704,7 @@ impl ProxyHttp for AirlockProxy {
         }
         m.overhead_time(overhead);
         let v = ctx.verdict.as_ref();
+        let seen = ctx.refusal.as_ref().and_then(|r| r.seen.as_ref());
         let rec = DecisionRecord {
             decision_id: ctx.decision_id.clone(),
             timestamp: humantime::format_rfc3339_micros(ctx.timestamp).to_string(),
@@ -714,11 +715,18 @@ impl ProxyHttp for AirlockProxy {
             route: gateway,
             method: ctx.method.clone(),
             path: ctx.path.clone(),
-            model: v.and_then(|v| v.model.clone()),
+            model: v
+                .and_then(|v| v.model.clone())
+                .or_else(|| seen.and_then(|s| s.model.clone())),
             decision,
             reasons,
-            findings: v.map(|v| v.findings.clone()).unwrap_or_default(),
-            prompt_sha256: v.map(|v| v.prompt_sha256.clone()),
+            findings: v
+                .map(|v| v.findings.clone())
+                .or_else(|| seen.map(|s| s.findings.clone()))
+                .unwrap_or_default(),
+            prompt_sha256: v
+                .map(|v| v.prompt_sha256.clone())
+                .or_else(|| seen.and_then(|s| s.prompt_sha256.clone())),
             tokens: ctx
                 .charge
                 .as_ref()

@@ -23,6 +23,19 @@ pub struct Refusal {
     pub body: Option<Vec<u8>>,
     /// Further reasons for the decision record (each policy reason).
     pub more_reasons: Vec<String>,
+    /// What was learnt of the body before the refusal, for the decision record.
+    pub seen: Option<Seen>,
+}
+
+/// Body facts known when a refusal happened after the body was read.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Seen {
+    /// The request's `model`.
+    pub model: Option<String>,
+    /// SHA-256 of the body as the app sent it.
+    pub prompt_sha256: Option<String>,
+    /// Findings by type.
+    pub findings: std::collections::BTreeMap<String, u64>,
 }
 
 impl Refusal {
@@ -36,6 +49,7 @@ impl Refusal {
             headers: Vec::new(),
             body: None,
             more_reasons: Vec::new(),
+            seen: None,
         }
     }
 
@@ -49,6 +63,7 @@ impl Refusal {
             headers: Vec::new(),
             body: None,
             more_reasons: Vec::new(),
+            seen: None,
         }
     }
 

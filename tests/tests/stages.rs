@@ -185,6 +185,7 @@ async fn redaction_masks_what_leaves_and_block_sends_nothing() {
     let recs = wait_log(&env.log, 3);
     assert_eq!(recs[2]["decision"], "deny");
     assert_eq!(recs[2]["reasons"][0], "redaction_block");
+    assert_eq!(recs[2]["findings"]["PRIVATE_KEY"], 1, "{}", recs[2]);
 
     // Invalid JSON is refused, never forwarded unscanned.
     let r = env
@@ -229,6 +230,11 @@ async fn requests_per_minute_exhausted_gives_429_with_retry_after() {
     let recs = wait_log(&env.log, 6);
     assert_eq!(recs[5]["status"], 429);
     assert_eq!(recs[5]["reasons"][0], "budget_exceeded:requests_per_minute");
+    assert_eq!(
+        recs[5]["model"], "gpt-4o-mini",
+        "a refused request still records what it asked for"
+    );
+    assert_eq!(recs[5]["prompt_sha256"].as_str().map(str::len), Some(64));
 
     // Anthropic clients get Anthropic's shape.
     let body = serde_json::json!({"model":"claude-3-5-haiku-latest","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}).to_string();
