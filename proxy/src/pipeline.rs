@@ -211,6 +211,15 @@ fn apply_redaction(
     Ok(())
 }
 
+/// The two fields read from every JSON body; the rest is skipped (but validated).
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(default)]
+    model: Option<serde_json::Value>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+}
+
 /// Judge one complete request body. Never panics; bounded by the body size.
 /// A refusal carries what was learnt of the body (model, hash, findings) for
 /// the decision record.
@@ -268,32 +277,33 @@ fn inspect_inner(
     seen.prompt_sha256 = Some(prompt_sha256.clone());
     seen.findings = findings.clone();
 
-    let json = is_json(info.content_type, &forward);
-    let value: Option<serde_json::Value> = if json && !forward.is_empty() {
-        match serde_json::from_slice(&forward) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                return Err(Refusal::deny(
-                    400,
-                    "invalid_json",
-                    format!("request body is not valid JSON: {e}"),
-                ))
-            }
-        }
-    } else {
-        None
+    let json = is_json(info.content_type, &forward) && !forward.is_empty();
+    // The token counter needs the document; otherwise only `model` and
+    // `stream` are read, which costs a fraction of building a `Value`.
+    let bad_json = |e: serde_json::Error| {
+        Refusal::deny(
+            400,
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
     };
-    let model = value
-        .as_ref()
-        .and_then(|v| v.get("model"))
-        .and_then(|m| m.as_str())
-        .map(str::to_string);
+    let (value, model, stream) = if !json {
+        (None, None, false)
+    } else if state.limits.is_some() {
+        let v: serde_json::Value = serde_json::from_slice(&forward).map_err(bad_json)?;
+        let model = v.get("model").and_then(|m| m.as_str()).map(str::to_string);
+        let stream = v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false);
+        (Some(v), model, stream)
+    } else {
+        let h: Head = serde_json::from_slice(&forward).map_err(bad_json)?;
+        let model = h.model.and_then(|v| v.as_str().map(str::to_string));
+        (
+            None,
+            model,
+            h.stream.and_then(|v| v.as_bool()).unwrap_or(false),
+        )
+    };
     seen.model = model.clone();
-    let stream = value
-        .as_ref()
-        .and_then(|v| v.get("stream"))
-        .and_then(|s| s.as_bool())
-        .unwrap_or(false);
 
     let mut reasons = Vec::new();
     let mut response_headers = Vec::new();
