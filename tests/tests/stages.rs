@@ -458,6 +458,95 @@ async fn reload_applies_good_changes_and_rejects_bad_ones_whole() {
         env.airlock.shared.readiness.pending().is_empty(),
         "still ready"
     );
+    // Bad YAML and an unknown key in the config file: rejected whole as well.
+    let cfg_path = env.airlock.shared.state.load().loaded.path.clone();
+    let good_cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    for bad in [
+        format!("{good_cfg}\nlimits: [this is: not yaml"),
+        good_cfg.replace("explicit:", "explcit:"),
+    ] {
+        let errors_before = errs(&env.admin_get("/metrics").await);
+        std::fs::write(&cfg_path, &bad).unwrap();
+        let mut seen = false;
+        for _ in 0..150 {
+            if errs(&env.admin_get("/metrics").await) > errors_before {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(seen, "rejected: {bad}");
+        assert_eq!(env.revision().await, rev1);
+        assert_eq!(
+            env.chat("support-bot", chat_body("gpt-4o-mini", 10, false), &[])
+                .await
+                .status,
+            200
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_finish_on_the_state_they_started_with() {
+    let env = Env::start("inflight");
+    let rev0 = env.revision().await;
+    // A slow stream is in flight while security ops tighten support-bot's budget.
+    let mut c = Conn::open(env.app).await.unwrap();
+    let resp = c
+        .send(
+            "POST",
+            "api.openai.com",
+            "/v1/chat/completions",
+            &[
+                ("x-airlock-app", "support-bot"),
+                ("x-mock-chunks", "10"),
+                ("x-mock-chunk-delay-ms", "100"),
+            ],
+            chat_body("gpt-4o-mini", 100, true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let budgets = env.policy_dir.join("data/budgets.yaml");
+    let text = std::fs::read_to_string(&budgets).unwrap();
+    std::fs::write(
+        &budgets,
+        text.replace(
+            "requests_per_minute: { hard: 120, soft: 100 }",
+            "requests_per_minute: { hard: 1 }",
+        ),
+    )
+    .unwrap();
+    use http_body_util::BodyExt;
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("[DONE]"),
+        "the stream completed"
+    );
+    assert!(wait_until(Duration::from_secs(3), || env
+        .airlock
+        .shared
+        .state
+        .load()
+        .revision
+        .0
+        != rev0));
+    let recs = wait_log(&env.log, 1);
+    assert_eq!(
+        recs[0]["policy_revision"],
+        rev0.as_str(),
+        "recorded against the revision it ran on"
+    );
+    assert_eq!(recs[0]["status"], 200);
+    // The next request sees the new limit (the in-flight one already used the only slot).
+    let r = env
+        .chat("support-bot", chat_body("gpt-4o-mini", 10, false), &[])
+        .await;
+    assert_eq!(r.status, 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
