@@ -273,11 +273,20 @@ impl AirlockProxy {
                 ));
             }
         };
-        let app = agent
-            .identity()
-            .resolve(origin.cgroup_id)
-            .map(|r| r.app.0)
-            .unwrap_or_else(|| "unknown".to_string());
+        let app = match agent.identity().resolve(origin.cgroup_id) {
+            Some(r) => r.app.0,
+            // A pod the watch cannot name (not listed yet, label missing): as configured.
+            None => match &self.shared.kube {
+                Some(k) if k.unknown_pod() == crate::identity::kube::UnknownPod::Deny => {
+                    return Err(Refusal::deny(
+                        403,
+                        "unknown_pod",
+                        "the calling pod is not known to Airlock; refused",
+                    ))
+                }
+                _ => "unknown".to_string(),
+            },
+        };
         Ok(ConnIdentity { origin, app })
     }
 

@@ -113,6 +113,27 @@ impl Airlock {
         } else {
             None
         };
+        // Pod identity: the pods of this node that opt in are attached and named.
+        let kube = if cfg.identity.kubernetes {
+            readiness.require(STEP_PODS);
+            let node = cfg
+                .identity
+                .node_name()
+                .map_err(|e| StartError::Identity(e.to_string()))?;
+            let k = Arc::new(
+                crate::identity::kube::KubeIdentity::new(&cfg.identity, node, metrics.kube.clone())
+                    .map_err(|e| StartError::Identity(e.to_string()))?,
+            );
+            if let Some(agent) = &agent {
+                let kk = k.clone();
+                agent.identity().set_external(Arc::new(move |rel: &str| {
+                    kk.app_for_cgroup_path(rel).map(|p| p.app)
+                }));
+            }
+            Some(k)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             metrics,
@@ -121,6 +142,7 @@ impl Airlock {
             last_reload_error: Mutex::new(None),
             agent,
             budgets: crate::budget::Budgets::new(),
+            kube,
         });
         {
             let st = shared.state.load();
@@ -142,30 +164,7 @@ impl Airlock {
         })?;
         let (stop_admin, stop_admin_rx) = watch::channel(false);
         // Pod identity: the pods of this node that opt in are attached and named.
-        let kube = if cfg.identity.kubernetes {
-            shared.readiness.require(STEP_PODS);
-            let node = cfg
-                .identity
-                .node_name()
-                .map_err(|e| StartError::Identity(e.to_string()))?;
-            let k = Arc::new(
-                crate::identity::kube::KubeIdentity::new(
-                    &cfg.identity,
-                    node,
-                    shared.metrics.kube.clone(),
-                )
-                .map_err(|e| StartError::Identity(e.to_string()))?,
-            );
-            if let Some(agent) = &shared.agent {
-                let kk = k.clone();
-                agent.identity().set_external(Arc::new(move |rel: &str| {
-                    kk.app_for_cgroup_path(rel).map(|p| p.app)
-                }));
-            }
-            Some(k)
-        } else {
-            None
-        };
+        let kube = shared.kube.clone();
         let reloader = start_reloader(path, &shared)?;
         let sighup = reloader.as_ref().map(|r| r.trigger());
         let admin_shared = shared.clone();

@@ -194,6 +194,8 @@ pub struct Shared {
     pub agent: Option<crate::agent::Agent>,
     /// Budget counters: live for the whole process, across reloads.
     pub budgets: crate::budget::Budgets,
+    /// Pod identity, when `identity.kubernetes` is on.
+    pub kube: Option<std::sync::Arc<crate::identity::kube::KubeIdentity>>,
 }
 
 impl Shared {
