@@ -54,6 +54,17 @@ pub struct Latency {
     pub overhead: f64,
 }
 
+/// The Kubernetes pod a request came from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Service account.
+    pub service_account: String,
+}
+
 /// Token accounting of one request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Tokens {
@@ -83,6 +94,9 @@ pub struct DecisionRecord {
     /// Original destination the app connected to (eBPF mode).
     #[serde(default)]
     pub origin: Option<String>,
+    /// The calling pod, on Kubernetes: namespace, name, service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
     /// Gateway name, if one matched.
     #[serde(default)]
     pub route: Option<String>,
@@ -313,6 +327,7 @@ mod tests {
             cgroup_id: None,
             pid: None,
             origin: None,
+            pod: None,
             route: None,
             method: "POST".into(),
             path: "/".into(),

@@ -56,6 +56,7 @@ enum BodyMode {
 struct ConnIdentity {
     origin: Origin,
     app: String,
+    pod: Option<crate::decision_log::PodRef>,
 }
 
 /// Per-request state.
@@ -273,7 +274,19 @@ impl AirlockProxy {
                 ));
             }
         };
-        let app = match agent.identity().resolve(origin.cgroup_id) {
+        let resolved = agent.identity().resolve(origin.cgroup_id);
+        let pod = match (&self.shared.kube, &resolved) {
+            (Some(k), Some(r)) => {
+                k.app_for_cgroup_path(&r.cgroup_path)
+                    .map(|p| crate::decision_log::PodRef {
+                        namespace: p.namespace,
+                        name: p.pod,
+                        service_account: p.service_account,
+                    })
+            }
+            _ => None,
+        };
+        let app = match resolved {
             Some(r) => r.app.0,
             // A pod the watch cannot name (not listed yet, label missing): as configured.
             None => match &self.shared.kube {
@@ -287,7 +300,7 @@ impl AirlockProxy {
                 _ => "unknown".to_string(),
             },
         };
-        Ok(ConnIdentity { origin, app })
+        Ok(ConnIdentity { origin, app, pod })
     }
 
     /// Read the whole (small) body before anything goes upstream.
@@ -721,6 +734,7 @@ impl ProxyHttp for AirlockProxy {
             cgroup_id: ctx.conn.as_ref().map(|c| c.origin.cgroup_id),
             pid: ctx.conn.as_ref().map(|c| c.origin.pid),
             origin: ctx.conn.as_ref().map(|c| c.origin.orig_dst.to_string()),
+            pod: ctx.conn.as_ref().and_then(|c| c.pod.clone()),
             route: gateway,
             method: ctx.method.clone(),
             path: ctx.path.clone(),

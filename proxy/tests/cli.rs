@@ -87,6 +87,7 @@ fn verify_log_finds_the_first_broken_link() {
             cgroup_id: None,
             pid: None,
             origin: None,
+            pod: None,
             route: None,
             method: "POST".into(),
             path: "/".into(),
