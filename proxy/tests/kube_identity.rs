@@ -667,3 +667,142 @@ async fn watches_over_tls_with_a_service_account_token() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------
+// The whole chain: pod watch → agent attaches the pod's cgroup → the proxy
+// names the pod in the decision record. Privileged (real eBPF).
+// ---------------------------------------------------------------------------
+
+/// Nested cgroup directories made by the test, removed deepest first.
+struct NestedCgroups(Vec<std::path::PathBuf>);
+
+impl Drop for NestedCgroups {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            // Move any process left behind up to the parent so rmdir succeeds.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_watch_drives_attach_and_names_the_pod_in_the_record() {
+    use airlock::agent::testsupport::{require_root, BpffsGuard, CgroupGuard};
+    require_root();
+    let cg = CgroupGuard::new("kube-chain").expect("test cgroup");
+    let fs = BpffsGuard::new("kube-chain").expect("private bpffs");
+    let uid = "abcdef01-0000-4000-8000-00000000c0de";
+    let mut dirs = Vec::new();
+    let mut p = cg.path().to_path_buf();
+    for seg in ["kubepods", "burstable", &format!("pod{uid}"), "0123abcd"] {
+        p = p.join(seg);
+        std::fs::create_dir(&p).unwrap();
+        dirs.push(p.clone());
+    }
+    let nested = NestedCgroups(dirs);
+    let container = nested.0.last().unwrap().clone();
+
+    let api = FakeApi::new();
+    api.add(pod(PodSpec {
+        uid,
+        name: "billing-5f7c",
+        namespace: "team-b",
+        node: NODE,
+        qos: "Burstable",
+        labels: json!({"app.kubernetes.io/name": "billing", "airlock.dev/enforce": "true"}),
+    }));
+    let server = api.start("127.0.0.1:0".parse().unwrap()).await;
+
+    let dir = std::env::temp_dir().join(format!("airlock-kube-chain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    // Set before the agent's client reads them; no other test in this binary reads these.
+    std::env::set_var("KUBECONFIG", &kubeconfig);
+    std::env::set_var("AIRLOCK_TEST_NODE", NODE);
+    let ca = rcgen::generate_simple_self_signed(vec!["gw.test".to_string()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (app_port, admin_port) = (free(), free());
+    let log = dir.join("decisions.jsonl");
+    let cfg = dir.join("airlock.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen:\n  app_http: 127.0.0.1:{app_port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\ngateways:\n  - name: gw\n    addresses: [\"127.0.0.77:80\"]\n    upstream: 127.0.0.1:1\n    tls:\n      sni: gw.test\n      ca_file: {ca}\ndecision_log:\n  path: {log}\nenforcement:\n  mode: ebpf\n  cgroup_root: {root}\n  bpffs: {bpffs}\n  rescan_interval_ms: 1000\nidentity:\n  kubernetes: true\n  node_name_env: AIRLOCK_TEST_NODE\n  opt_in:\n    pod_label: airlock.dev/enforce=true\n",
+            ca = dir.join("ca.pem").display(),
+            log = log.display(),
+            root = cg.root().display(),
+            bpffs = fs.path().display(),
+        ),
+    )
+    .unwrap();
+    let airlock = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || airlock::server::Airlock::start(&cfg)
+    })
+    .await
+    .unwrap()
+    .expect("airlock with pod identity starts");
+    // Ready only once the pods are listed; the pod's cgroup is attached on that event.
+    eventually("pods synced and ready", || {
+        airlock.shared.readiness.pending().is_empty()
+    })
+    .await;
+
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://127.0.0.88/v1/chat/completions -d '{{}}'",
+        container.display()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut recs = Vec::new();
+    eventually("a decision record", || {
+        recs = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        !recs.is_empty()
+    })
+    .await;
+    let r = &recs[0];
+    assert_eq!(r["app"], "billing", "{r}");
+    assert_eq!(r["pod"]["namespace"], "team-b");
+    assert_eq!(r["pod"]["name"], "billing-5f7c");
+    assert_eq!(r["pod"]["service_account"], "billing-5f7c-sa");
+    assert_eq!(r["origin"], "127.0.0.88:80");
+    assert_eq!(r["reasons"][0], "unknown_destination");
+
+    drop(airlock);
+    let _ = airlock::agent::detach(fs.path());
+    server.stop().await;
+    drop(nested);
+    let _ = std::fs::remove_dir_all(&dir);
+}
