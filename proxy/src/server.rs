@@ -221,7 +221,8 @@ impl Airlock {
             threads: cfg.proxy.threads,
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(cfg.proxy.drain_seconds),
-            // One attempt: a request body is not safely replayable in general.
+            // pingora retries only idempotent requests that failed on a reused
+            // connection; POSTs with a body are never replayed. Keep it to one.
             max_retries: 1,
             ..ServerConf::default()
         };
