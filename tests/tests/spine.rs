@@ -16,7 +16,6 @@ struct Env {
     app: SocketAddr,
     admin: SocketAddr,
     log: PathBuf,
-    pki: Pki,
     _dir: TempDir,
 }
 
@@ -85,7 +84,6 @@ impl Env {
             app,
             admin,
             log,
-            pki,
             _dir: dir,
         }
     }
@@ -281,7 +279,6 @@ async fn mtls_client_certificate_is_presented() {
     .unwrap();
     assert_eq!(r.status, 502);
     assert!(env2.gw.received().is_empty());
-    let _ = &env.pki;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

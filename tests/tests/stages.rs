@@ -276,7 +276,10 @@ async fn tokens_are_reserved_then_reconciled_to_real_usage() {
     // Remaining = limit − real usage (support-bot: 60,000 tokens/minute).
     let used = usage["total_tokens"].as_u64().unwrap() as f64;
     let m = env.admin_get("/metrics").await;
-    let _ = m;
+    assert!(
+        m.contains("airlock_budget_remaining{app=\"support-bot\",budget=\"tokens_per_minute\"}"),
+        "{m}"
+    );
 
     // A stream without include_usage: Airlock asks for usage, reads it, and hides it from the app.
     let r = env
@@ -566,7 +569,7 @@ async fn configmap_symlink_flip_drives_a_reload() {
     .unwrap();
     let mount = dir.path().join("etc-airlock");
     let log = dir.path().join("decisions.jsonl");
-    let (yaml, app, admin) = config_yaml(gw.addr, &pki.ca_pem, &mount, &log);
+    let (yaml, app, _admin) = config_yaml(gw.addr, &pki.ca_pem, &mount, &log);
     let read = |p: &str| std::fs::read(repo_policies().join(p)).unwrap();
     let mut files: Vec<(String, Vec<u8>)> = vec![
         ("airlock.yaml".into(), yaml.into_bytes()),
@@ -645,7 +648,6 @@ async fn configmap_symlink_flip_drives_a_reload() {
     .await
     .unwrap();
     assert_eq!(r.status, 200);
-    let _ = (admin, vol.dir());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
