@@ -21,7 +21,6 @@ use crate::state::State;
 use crate::tokens;
 use crate::usage::{Dialect, IncludeUsage};
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -251,12 +250,11 @@ fn inspect_inner(
     let mut input_findings: Vec<InputFinding> = Vec::new();
     let mut decision = Decision::Allow;
     let mut decompressed = false;
-    let mut prompt_sha256 = None;
+    let prompt_sha256 = crate::redact::prompt_sha256(&original);
 
     // Redaction (stage 6): every provider-bound string, as the model will see it.
     if let Some(r) = &state.redactor {
         let out = run_redaction(r, info, &original, state, None)?;
-        prompt_sha256 = Some(out.prompt_sha256.clone());
         let applied = apply_redaction(
             Some(stages.metrics),
             info,
@@ -268,12 +266,11 @@ fn inspect_inner(
             &mut decompressed,
         );
         if let Err(r) = applied {
-            seen.prompt_sha256 = prompt_sha256;
+            seen.prompt_sha256 = Some(prompt_sha256);
             seen.findings = findings;
             return Err(r);
         }
     }
-    let prompt_sha256 = prompt_sha256.unwrap_or_else(|| hex::encode(Sha256::digest(&original)));
     seen.prompt_sha256 = Some(prompt_sha256.clone());
     seen.findings = findings.clone();
 

@@ -10,6 +10,8 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use super::simd::next_string_special;
+
 /// Deepest nesting accepted (serde_json's default recursion limit).
 pub(crate) const MAX_DEPTH: usize = 128;
 
@@ -454,27 +456,3 @@ pub(crate) fn render_path(b: &[u8], path: &[Seg]) -> String {
     out
 }
 
-/// Index of the first `"`, `\\` or control byte at or after `i` (or `b.len()`).
-#[inline]
-fn next_string_special(b: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    while i + 8 <= b.len() {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[i..i + 8]);
-        let x = u64::from_le_bytes(a);
-        let q = x ^ (ONES * u64::from(b'"'));
-        let s = x ^ (ONES * u64::from(b'\\'));
-        let hit = (q.wrapping_sub(ONES) & !q)
-            | (s.wrapping_sub(ONES) & !s)
-            | (x.wrapping_sub(ONES * 0x20) & !x);
-        if hit & HIGH != 0 {
-            break;
-        }
-        i += 8;
-    }
-    while i < b.len() && b[i] >= 0x20 && b[i] != b'"' && b[i] != b'\\' {
-        i += 1;
-    }
-    i
-}

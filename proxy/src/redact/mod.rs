@@ -5,8 +5,7 @@
 //! `Content-Encoding`, walks the JSON (or takes `text/plain` whole), runs the
 //! detectors over every string the model will see, and returns an
 //! [`Outcome`]: the rewritten body (or `None` to forward the original bytes),
-//! the findings (never the values), a block reason, and the SHA-256 of the
-//! original body. A body it cannot inspect is a [`Refusal`], never forwarded.
+//! the findings (never the values) and a block reason. A body it cannot inspect is a [`Refusal`], never forwarded.
 //!
 //! Cost: a single pass over the body; strings that are plain ASCII without
 //! escapes are scanned in place (no copy); a `RegexSet` pass decides which
@@ -20,6 +19,7 @@ mod decode;
 mod detectors;
 mod json;
 mod normalize;
+mod simd;
 mod trigger;
 
 use std::collections::{BTreeMap, HashMap};
@@ -133,8 +133,6 @@ pub struct Outcome {
     pub findings: Vec<Finding>,
     /// Set when a `block` rule fired: the reason (types and rule, no values).
     pub blocked: Option<String>,
-    /// Hex SHA-256 of the body as received.
-    pub prompt_sha256: String,
 }
 
 /// A body that cannot be inspected and so must not be forwarded.
@@ -216,9 +214,11 @@ impl std::fmt::Debug for Redactor {
     }
 }
 
-/// Hex SHA-256.
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
+/// Hex SHA-256 of a body as received (the decision record's `prompt_sha256`).
+/// Kept out of [`Redactor::redact`]: the record needs it whether or not
+/// redaction runs, and the proxy pays for it once.
+pub fn prompt_sha256(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
 }
 
 /// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.
@@ -462,11 +462,10 @@ impl Redactor {
         if req.body.len() > req.max_bytes {
             return Err(Refusal::TooLarge);
         }
-        let prompt_sha256 = sha256_hex(req.body);
         let decoded = decode::decode(req.body, req.content_encoding, req.max_bytes)?;
         let input: &[u8] = decoded.as_deref().unwrap_or(req.body);
         let json = is_json(req.content_type, input);
-        let text = match std::str::from_utf8(input) {
+        let text = match simdutf8::basic::from_utf8(input) {
             Ok(t) => t,
             Err(_) if json => return Err(Refusal::BadJson("body is not valid UTF-8".into())),
             Err(_) => {
@@ -523,7 +522,6 @@ impl Redactor {
             body,
             findings,
             blocked,
-            prompt_sha256,
         })
     }
 
@@ -775,7 +773,7 @@ impl Scan<'_, '_> {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         let raw_text = self.text.get(start..end).unwrap_or_default();
-        let fast = !normalize::needs_normalizing(raw);
+        let fast = !normalize::needs_normalizing(raw_text);
         let text: &str = if fast {
             raw_text
         } else {

@@ -14,6 +14,8 @@
 
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
+use super::simd::next_escape_or_high;
+
 /// A stretch of normalised text and the raw bytes it came from. An identity
 /// segment maps byte for byte; any other is one unit (an escape, a changed
 /// character) replaced whole.
@@ -55,6 +57,9 @@ impl Norm {
     }
 
     fn push_identity(&mut self, t: &str, raw: usize) {
+        if t.is_empty() {
+            return;
+        }
         let n = self.text.len();
         if let Some(last) = self.spans.last_mut() {
             if last.identity
@@ -125,32 +130,27 @@ fn nfkc_stable(c: char) -> bool {
     !is_ignorable(c) && is_nfkc_quick(std::iter::once(c)) != IsNormalized::No
 }
 
-/// Index of the first byte at or after `i` that is non-ASCII or a backslash.
+/// Whether `raw` needs normalising at all: it holds an escape, or a
+/// character that normalisation would change or drop. Text made only of
+/// ASCII and characters NFKC keeps (accented letters, quotes, dashes, CJK)
+/// is scanned in place.
 #[inline]
-fn next_special(b: &[u8], mut i: usize) -> usize {
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const BS: u64 = 0x5C5C_5C5C_5C5C_5C5C;
-    while i + 8 <= b.len() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&b[i..i + 8]);
-        let w = u64::from_le_bytes(w);
-        let x = w ^ BS;
-        if (w & HI) != 0 || (x.wrapping_sub(LO) & !x & HI) != 0 {
-            break;
+pub(crate) fn needs_normalizing(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    loop {
+        i = next_escape_or_high(b, i);
+        if i >= b.len() {
+            return false;
         }
-        i += 8;
+        if b[i] == b'\\' {
+            return true;
+        }
+        match raw.get(i..).and_then(|t| t.chars().next()) {
+            Some(c) if nfkc_stable(c) => i += c.len_utf8(),
+            _ => return true,
+        }
     }
-    while i < b.len() && b[i] < 0x80 && b[i] != b'\\' {
-        i += 1;
-    }
-    i
-}
-
-/// Whether `raw` needs normalising at all (anything but ASCII without escapes).
-#[inline]
-pub(crate) fn needs_normalizing(raw: &[u8]) -> bool {
-    next_special(raw, 0) < raw.len()
 }
 
 fn hex4(b: &[u8], at: usize) -> Option<u32> {
@@ -195,15 +195,16 @@ pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
     out.text.clear();
     out.spans.clear();
     let b = text.as_bytes();
+    // start of the stretch copied unchanged (ASCII and NFKC-stable characters)
+    let mut run = 0usize;
     let mut i = 0usize;
-    while i < b.len() {
-        let j = next_special(b, i);
-        if j > i {
-            out.push_identity(text.get(i..j).unwrap_or_default(), base + i);
-            i = j;
-            continue;
+    loop {
+        i = next_escape_or_high(b, i);
+        if i >= b.len() {
+            break;
         }
         if b[i] == b'\\' {
+            out.push_identity(text.get(run..i).unwrap_or_default(), base + run);
             let (c, end) = escape_at(b, i, json);
             out.push_unit(c, base + i, base + end);
             i = end;
@@ -211,19 +212,21 @@ pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
             while i < b.len() && !text.is_char_boundary(i) {
                 i += 1;
             }
+            run = i;
             continue;
         }
         let Some(c) = text.get(i..).and_then(|t| t.chars().next()) else {
             break;
         };
         let end = i + c.len_utf8();
-        if nfkc_stable(c) {
-            out.push_identity(text.get(i..end).unwrap_or_default(), base + i);
-        } else {
+        if !nfkc_stable(c) {
+            out.push_identity(text.get(run..i).unwrap_or_default(), base + run);
             out.push_unit(c, base + i, base + end);
+            run = end;
         }
         i = end;
     }
+    out.push_identity(text.get(run..).unwrap_or_default(), base + run);
 }
 
 /// Decode the escape starting at `b[i] == '\\'`; returns the character and

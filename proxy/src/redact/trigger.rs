@@ -14,6 +14,8 @@
 //! non-word character in the full text), so `(?-u:\b)` means the same in a
 //! window as in the whole string; validators see the whole string.
 
+use super::simd::{self, Masks};
+
 /// Which trigger a rule is run behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -28,29 +30,6 @@ pub(crate) enum Class {
 
 /// Shortest run of token characters that triggers the token detectors.
 const TOKEN_RUN: usize = 16;
-
-/// Byte classes: bit 0 token character, bit 1 digit.
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut c = 0usize;
-    while c < 256 {
-        let b = c as u8;
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~')
-        {
-            t[c] |= 1;
-        }
-        if b.is_ascii_digit() {
-            t[c] |= 2;
-        }
-        c += 1;
-    }
-    t
-};
-
-#[inline]
-fn is_token(c: u8) -> bool {
-    CLASS[c as usize] & 1 != 0
-}
 
 #[inline]
 fn is_email_local(c: u8) -> bool {
@@ -110,6 +89,8 @@ pub(crate) struct Windows {
     pub pem: Vec<(usize, usize)>,
     pub token: Vec<(usize, usize)>,
     pub digits: Vec<(usize, usize)>,
+    /// Byte classes of the string being scanned (kept for their buffers).
+    masks: Masks,
 }
 
 impl Windows {
@@ -195,71 +176,52 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
     }
 
     let mut hex_runs: Vec<(usize, usize)> = Vec::new();
-    // Token runs of 16+ bytes: such a run holds at least one whole aligned
-    // 8-byte word, so look only at words with no space, control or
-    // non-ASCII byte (one SWAR test per word), then check precisely.
+    let masks = &mut w.masks;
+    masks.fill(b);
+    // Token runs of 16+ bytes, from the token-class mask.
     let mut i = 0usize;
-    while i + 8 <= b.len() {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[i..i + 8]);
-        let x = u64::from_le_bytes(a);
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let low = x.wrapping_sub(ONES * 0x21) & !x & HIGH;
-        if low != 0 || x & HIGH != 0 || !b[i..i + 8].iter().all(|&c| is_token(c)) {
-            i += 8;
-            continue;
+    while let Some(s) = simd::next_run(&masks.token, i, TOKEN_RUN) {
+        let e = simd::next_clear(&masks.token, s).min(b.len());
+        // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
+        // hashes) cannot hold any token format
+        let run = &b[s..e];
+        let hexish = run
+            .iter()
+            .all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
+            && run.iter().any(|c| (b'a'..=b'f').contains(c));
+        if hexish {
+            hex_runs.push((s, e));
+        } else {
+            let ws = expand_left(b, s, 24);
+            push(&mut w.token, (ws, e));
         }
-        let mut s = i;
-        while s > 0 && is_token(b[s - 1]) {
-            s -= 1;
-        }
-        let mut e = i + 8;
-        while e < b.len() && is_token(b[e]) {
-            e += 1;
-        }
-        if e - s >= TOKEN_RUN {
-            // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
-            // hashes) cannot hold any token format
-            let run = &b[s..e];
-            let hexish = run
-                .iter()
-                .all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
-                && run.iter().any(|c| (b'a'..=b'f').contains(c));
-            if hexish {
-                hex_runs.push((s, e));
-            } else {
-                let ws = expand_left(b, s, 24);
-                push(&mut w.token, (ws, e));
-            }
-        }
-        // next whole word after the run
-        i = (e + 1).next_multiple_of(8).max(i + 8);
+        i = e + 1;
     }
 
     // Digit clusters: digits with gaps of at most two separator bytes.
     let mut i = 0usize;
     let mut hx = 0usize;
-    while i < b.len() {
-        // skip 8 bytes at a time while none is a digit, then jump to it
-        while i + 8 <= b.len() {
-            let m = digit_mask(&b[i..i + 8]);
-            if m != 0 {
-                i += (m.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        while i < b.len() && !b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i >= b.len() {
+    while let Some(s) = simd::next_set(&masks.digit, i) {
+        if s >= b.len() {
             break;
         }
-        let s = i;
+        // Four digits with gaps of at most two lie within ten bytes: with
+        // fewer there, no detector can start here (most digits in prose).
+        if simd::count(&masks.digit, s, 10) < 4 {
+            i = s + 1;
+            continue;
+        }
+        // inside a UUID / hash run found above: not a number
+        while hex_runs.get(hx).is_some_and(|r| r.1 <= s) {
+            hx += 1;
+        }
+        if hex_runs.get(hx).is_some_and(|r| r.0 <= s) {
+            i = hex_runs.get(hx).map_or(s + 1, |r| r.1).max(s + 1);
+            continue;
+        }
         let mut n = 0usize;
-        let mut e = i;
-        let mut k = i;
+        let mut e = s;
+        let mut k = s;
         while k < b.len() {
             if b[k].is_ascii_digit() {
                 n += 1;
@@ -292,14 +254,6 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         let glued = single
             && ((s > 0 && b[s - 1].is_ascii_alphabetic())
                 || b.get(e).is_some_and(u8::is_ascii_alphabetic));
-        // inside a UUID / hash run found above: not a number
-        while hex_runs.get(hx).is_some_and(|r| r.1 <= s) {
-            hx += 1;
-        }
-        if hex_runs.get(hx).is_some_and(|r| r.0 <= s) {
-            i = hex_runs.get(hx).map_or(e, |r| r.1).max(s + 1);
-            continue;
-        }
         let iban = n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]);
         let dob =
             n <= 8 && (date_like(&b[s..e], n) || n >= 6) && dob_label(&b[s.saturating_sub(40)..s]);
@@ -392,20 +346,4 @@ fn floor_boundary(text: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
-}
-
-/// High bit set in each byte of `chunk` (8 bytes, little-endian) that is an
-/// ASCII digit.
-#[inline]
-fn digit_mask(chunk: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(chunk);
-    let x = u64::from_le_bytes(a);
-    // bytes in 0x30..=0x39, for bytes below 0x80 (a set high bit is excluded)
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let low7 = x & !HIGH;
-    let ge30 = low7.wrapping_add(ONES * (0x80 - 0x30));
-    let le39 = (ONES * (0x80 + 0x39)).wrapping_sub(low7);
-    ge30 & le39 & !x & HIGH
 }

@@ -1,0 +1,315 @@
+//! Byte-class scans behind the trigger pass, the JSON walker and the
+//! normaliser: 16 bytes per step with SSE2 (part of every x86-64 CPU, so no
+//! runtime detection), a portable per-byte fallback elsewhere.
+//!
+//! Prose is mostly bytes no detector cares about; these scans exist so the
+//! per-byte logic runs only at the few bytes that matter.
+
+/// Bit `i % 64` of word `i / 64` set for each byte of a string in a class.
+#[derive(Debug, Default)]
+pub(crate) struct Masks {
+    /// ASCII digits.
+    pub digit: Vec<u64>,
+    /// Characters API keys and tokens are made of (`A-Za-z0-9_-./+=~`).
+    pub token: Vec<u64>,
+}
+
+impl Masks {
+    /// Classify every byte of `b`.
+    pub fn fill(&mut self, b: &[u8]) {
+        self.digit.clear();
+        self.token.clear();
+        let mut chunks = b.chunks_exact(64);
+        for c in &mut chunks {
+            let (d, t) = classify64(c);
+            self.digit.push(d);
+            self.token.push(t);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            // zero padding belongs to no class
+            let mut pad = [0u8; 64];
+            pad[..rest.len()].copy_from_slice(rest);
+            let (d, t) = classify64(&pad);
+            self.digit.push(d);
+            self.token.push(t);
+        }
+    }
+}
+
+/// First set bit at or after `pos` in `m`, if any.
+#[inline]
+pub(crate) fn next_set(m: &[u64], pos: usize) -> Option<usize> {
+    let mut k = pos / 64;
+    let mut w = m.get(k)? & (!0u64).checked_shl((pos % 64) as u32).unwrap_or(0);
+    loop {
+        if w != 0 {
+            return Some(k * 64 + w.trailing_zeros() as usize);
+        }
+        k += 1;
+        w = *m.get(k)?;
+    }
+}
+
+/// First clear bit at or after `pos` in `m` (the end of a run of set bits).
+#[inline]
+pub(crate) fn next_clear(m: &[u64], pos: usize) -> usize {
+    let mut k = pos / 64;
+    let Some(&first) = m.get(k) else {
+        return pos;
+    };
+    let mut w = !first & (!0u64).checked_shl((pos % 64) as u32).unwrap_or(0);
+    loop {
+        if w != 0 {
+            return k * 64 + w.trailing_zeros() as usize;
+        }
+        k += 1;
+        match m.get(k) {
+            Some(&x) => w = !x,
+            None => return k * 64,
+        }
+    }
+}
+
+/// Number of set bits in `pos..pos + len` (`len` ≤ 64).
+#[inline]
+pub(crate) fn count(m: &[u64], pos: usize, len: usize) -> u32 {
+    let k = pos / 64;
+    let lo = u128::from(m.get(k).copied().unwrap_or(0))
+        | u128::from(m.get(k + 1).copied().unwrap_or(0)) << 64;
+    let w = (lo >> (pos % 64)) as u64;
+    let keep = if len >= 64 { !0 } else { (1u64 << len) - 1 };
+    (w & keep).count_ones()
+}
+
+/// First position at or after `pos` where `min` set bits in a row start.
+/// `min` ≤ 64.
+pub(crate) fn next_run(m: &[u64], pos: usize, min: usize) -> Option<usize> {
+    let mut k = pos / 64;
+    let mut from = pos % 64;
+    while k < m.len() {
+        let w = u128::from(m[k]) | u128::from(m.get(k + 1).copied().unwrap_or(0)) << 64;
+        // bit i of `s`: bits i..i+min all set (doubling shifts)
+        let mut s = w;
+        let mut have = 1usize;
+        while have < min {
+            let step = have.min(min - have);
+            s &= s >> step;
+            have += step;
+        }
+        let s = (s as u64) & (!0u64).checked_shl(from as u32).unwrap_or(0);
+        if s != 0 {
+            return Some(k * 64 + s.trailing_zeros() as usize);
+        }
+        k += 1;
+        from = 0;
+    }
+    None
+}
+
+/// Index of the first byte at or after `i` that is `"`, `\` or a control
+/// character (what ends a run of plain JSON string content), or `b.len()`.
+#[inline]
+pub(crate) fn next_string_special(b: &[u8], i: usize) -> usize {
+    scan(b, i, |c| c == b'"' || c == b'\\' || c < 0x20, sse2::string_special)
+}
+
+/// Index of the first byte at or after `i` that is a backslash or not
+/// ASCII (where normalisation has work to do), or `b.len()`.
+#[inline]
+pub(crate) fn next_escape_or_high(b: &[u8], i: usize) -> usize {
+    scan(b, i, |c| c == b'\\' || c >= 0x80, sse2::escape_or_high)
+}
+
+#[inline]
+fn scan(b: &[u8], mut i: usize, byte: impl Fn(u8) -> bool, block: fn(&[u8; 16]) -> u32) -> usize {
+    while let Some(c) = b.get(i..i + 16) {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(c);
+        let m = block(&a);
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    while i < b.len() && !byte(b[i]) {
+        i += 1;
+    }
+    i.min(b.len())
+}
+
+/// Digit and token masks of 64 bytes.
+#[inline]
+fn classify64(c: &[u8]) -> (u64, u64) {
+    let mut d = 0u64;
+    let mut t = 0u64;
+    for (j, q) in c.chunks_exact(16).enumerate() {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(q);
+        let (dm, tm) = sse2::digit_token(&a);
+        d |= u64::from(dm) << (16 * j);
+        t |= u64::from(tm) << (16 * j);
+    }
+    (d, t)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    //! The helpers carry `#[target_feature(enable = "sse2")]` so the
+    //! intrinsics are safe to call inside them; the entry points call them in
+    //! an `unsafe` block, sound because SSE2 is part of the x86-64 baseline.
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn load(a: &[u8; 16]) -> __m128i {
+        // SAFETY: `a` is 16 readable bytes; the load is unaligned.
+        unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
+    }
+
+    /// Bytes `x` with `lo <= x <= lo + span` (unsigned), as a byte mask.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn in_range(x: __m128i, lo: u8, span: u8) -> __m128i {
+        let d = _mm_sub_epi8(x, _mm_set1_epi8(lo as i8));
+        _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(span as i8)), d)
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn eq(x: __m128i, c: u8) -> __m128i {
+        _mm_cmpeq_epi8(x, _mm_set1_epi8(c as i8))
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn bits(m: __m128i) -> u32 {
+        _mm_movemask_epi8(m) as u32
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn string_special_sse2(a: &[u8; 16]) -> u32 {
+        let x = load(a);
+        bits(_mm_or_si128(
+            _mm_or_si128(eq(x, b'"'), eq(x, b'\\')),
+            in_range(x, 0, 0x1f),
+        ))
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn escape_or_high_sse2(a: &[u8; 16]) -> u32 {
+        let x = load(a);
+        bits(_mm_or_si128(eq(x, b'\\'), x))
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn digit_token_sse2(a: &[u8; 16]) -> (u32, u32) {
+        let x = load(a);
+        let digit = in_range(x, b'0', 9);
+        let letter = in_range(_mm_or_si128(x, _mm_set1_epi8(0x20)), b'a', 25);
+        let punct = _mm_or_si128(
+            _mm_or_si128(in_range(x, b'-', 2), eq(x, b'_')),
+            _mm_or_si128(_mm_or_si128(eq(x, b'+'), eq(x, b'=')), eq(x, b'~')),
+        );
+        let token = _mm_or_si128(_mm_or_si128(digit, letter), punct);
+        (bits(digit), bits(token))
+    }
+
+    #[inline]
+    pub(super) fn string_special(a: &[u8; 16]) -> u32 {
+        // SAFETY: SSE2 is in every x86-64 CPU (the target's baseline).
+        unsafe { string_special_sse2(a) }
+    }
+
+    #[inline]
+    pub(super) fn escape_or_high(a: &[u8; 16]) -> u32 {
+        // SAFETY: as above.
+        unsafe { escape_or_high_sse2(a) }
+    }
+
+    #[inline]
+    pub(super) fn digit_token(a: &[u8; 16]) -> (u32, u32) {
+        // SAFETY: as above.
+        unsafe { digit_token_sse2(a) }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod sse2 {
+    //! Portable stand-ins with the same results, one byte at a time.
+
+    fn mask(a: &[u8; 16], f: impl Fn(u8) -> bool) -> u32 {
+        a.iter()
+            .enumerate()
+            .fold(0, |m, (i, &c)| m | (u32::from(f(c)) << i))
+    }
+
+    pub(super) fn string_special(a: &[u8; 16]) -> u32 {
+        mask(a, |c| c == b'"' || c == b'\\' || c < 0x20)
+    }
+
+    pub(super) fn escape_or_high(a: &[u8; 16]) -> u32 {
+        mask(a, |c| c == b'\\' || c >= 0x80)
+    }
+
+    pub(super) fn digit_token(a: &[u8; 16]) -> (u32, u32) {
+        (
+            mask(a, |c| c.is_ascii_digit()),
+            mask(a, |c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~')
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~')
+    }
+
+    #[test]
+    fn masks_agree_with_per_byte_classes() {
+        let b: Vec<u8> = (0..=255u8).chain(b"abc 123 x-y_z".iter().copied()).collect();
+        let mut m = Masks::default();
+        m.fill(&b);
+        for (i, &c) in b.iter().enumerate() {
+            assert_eq!(m.digit[i / 64] >> (i % 64) & 1 == 1, c.is_ascii_digit(), "{c}");
+            assert_eq!(m.token[i / 64] >> (i % 64) & 1 == 1, token(c), "{c}");
+        }
+        for i in 0..b.len() {
+            let want = (i..b.len())
+                .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
+                .unwrap_or(b.len());
+            assert_eq!(next_string_special(&b, i), want);
+            let want = (i..b.len())
+                .find(|&k| b[k] == b'\\' || b[k] >= 0x80)
+                .unwrap_or(b.len());
+            assert_eq!(next_escape_or_high(&b, i), want);
+        }
+    }
+
+    #[test]
+    fn runs_and_bits() {
+        let s = b"short words then AKIAIOSFODNN7EXAMPLEXX and more";
+        let mut m = Masks::default();
+        m.fill(s);
+        let at = next_run(&m.token, 0, 16).unwrap();
+        assert_eq!(&s[at..at + 4], b"AKIA");
+        assert_eq!(next_clear(&m.token, at), at + 22);
+        assert_eq!(next_run(&m.token, at + 7, 16), None);
+        assert_eq!(next_set(&m.digit, 0), Some(at + 12));
+        assert_eq!(count(&m.digit, at, 20), 1);
+        // a run that crosses a 64-byte word
+        let mut long = vec![b' '; 60];
+        long.extend_from_slice(b"ghp_0123456789abcdefghij");
+        m.fill(&long);
+        assert_eq!(next_run(&m.token, 0, 16), Some(60));
+        assert_eq!(next_clear(&m.token, 60), long.len());
+    }
+}
