@@ -385,11 +385,39 @@ fn email_ok(m: &str) -> bool {
         && domain.contains('.')
 }
 
-fn digits(m: &str) -> Vec<u8> {
-    m.bytes()
-        .filter(u8::is_ascii_digit)
-        .map(|c| c - b'0')
-        .collect()
+/// The digits of a candidate (values 0–9), kept on the stack: candidates
+/// are short, and past 32 digits no detector's length test can pass.
+struct Digits {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl std::ops::Deref for Digits {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len.min(32)]
+    }
+}
+
+impl Digits {
+    /// Count, including digits past the 32 kept.
+    fn count(&self) -> usize {
+        self.len
+    }
+}
+
+fn digits(m: &str) -> Digits {
+    let mut d = Digits {
+        buf: [0; 32],
+        len: 0,
+    };
+    for c in m.bytes().filter(u8::is_ascii_digit) {
+        if let Some(x) = d.buf.get_mut(d.len) {
+            *x = c - b'0';
+        }
+        d.len += 1;
+    }
+    d
 }
 
 /// Phone: an international number may have run on into a following group
@@ -422,11 +450,11 @@ fn phone(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
 fn phone_ok(m: &str) -> bool {
     let d = digits(m);
     if m.starts_with('+') {
-        (8..=15).contains(&d.len())
+        (8..=15).contains(&d.count())
     } else if m.starts_with('(') || d.first().is_some_and(|&c| c >= 2) {
-        d.len() == 10
+        d.count() == 10
     } else {
-        (9..=12).contains(&d.len())
+        (9..=12).contains(&d.count())
     }
 }
 
@@ -481,34 +509,39 @@ fn card_iin_ok(d: &[u8]) -> bool {
 /// space is still found.
 fn card(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let m = &text.as_bytes()[s..e];
-    // groups: (start offset, end offset, digits)
-    let mut groups: Vec<(usize, usize)> = Vec::new();
-    let mut i = 0;
-    while i < m.len() {
-        if m[i].is_ascii_digit() {
-            let st = i;
-            while i < m.len() && m[i].is_ascii_digit() {
-                i += 1;
-            }
-            groups.push((st, i));
-        } else {
-            i += 1;
+    // every run of whole digit groups, from each group start, up to 19 digits
+    let mut a = 0;
+    while a < m.len() {
+        if !m[a].is_ascii_digit() {
+            a += 1;
+            continue;
         }
-    }
-    for a in 0..groups.len() {
+        let mut d = [0u8; 19];
+        let mut n = 0usize;
         let mut best: Option<(usize, usize)> = None;
-        for z in a..groups.len() {
-            let (gs, ge) = (groups[a].0, groups[z].1);
-            let d = digits(&text[s + gs..s + ge]);
-            if d.len() > 19 {
-                break;
+        let mut k = a;
+        'grow: while k < m.len() {
+            while k < m.len() && m[k].is_ascii_digit() {
+                let Some(x) = d.get_mut(n) else {
+                    break 'grow;
+                };
+                *x = m[k] - b'0';
+                n += 1;
+                k += 1;
             }
-            if d.len() >= 13 && luhn(&d) && card_iin_ok(&d) && isolated(text, s + gs, s + ge) {
-                best = Some((s + gs, s + ge));
+            let ds = &d[..n];
+            if n >= 13 && luhn(ds) && card_iin_ok(ds) && isolated(text, s + a, s + k) {
+                best = Some((s + a, s + k));
+            }
+            while k < m.len() && !m[k].is_ascii_digit() {
+                k += 1;
             }
         }
         if best.is_some() {
             return best;
+        }
+        while a < m.len() && m[a].is_ascii_digit() {
+            a += 1;
         }
     }
     None
@@ -516,13 +549,15 @@ fn card(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
 
 fn ssn_ok(m: &str) -> bool {
     let d = digits(m);
-    if d.len() != 9 {
+    if d.count() != 9 {
         return false;
     }
     // both separators, if any, must be the same
-    let seps: Vec<u8> = m.bytes().filter(|c| !c.is_ascii_digit()).collect();
-    if seps.len() == 2 && seps[0] != seps[1] {
-        return false;
+    let mut seps = m.bytes().filter(|c| !c.is_ascii_digit());
+    if let (Some(x), Some(y), None) = (seps.next(), seps.next(), seps.next()) {
+        if x != y {
+            return false;
+        }
     }
     let area = u32::from(d[0]) * 100 + u32::from(d[1]) * 10 + u32::from(d[2]);
     let group = u32::from(d[3]) * 10 + u32::from(d[4]);
@@ -633,24 +668,35 @@ pub(crate) fn mod97(iban: &str) -> bool {
 fn iban(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let m = &text[s..e];
     let cc = m.get(..2)?;
-    let compact: Vec<(usize, u8)> = m.bytes().enumerate().filter(|(_, c)| *c != b' ').collect();
-    let lens: Vec<usize> = match iban_len(cc) {
-        Some(l) => vec![l],
-        None => (15..=34).rev().collect(),
+    // the first 34 non-space characters and where each ends in `m`
+    let mut chars = [0u8; 34];
+    let mut ends = [0usize; 34];
+    let mut n = 0;
+    for (i, c) in m.bytes().enumerate().filter(|(_, c)| *c != b' ') {
+        if n == 34 {
+            break;
+        }
+        chars[n] = c;
+        ends[n] = i + 1;
+        n += 1;
+    }
+    let (hi, lo) = match iban_len(cc) {
+        Some(l) => (l, l),
+        None => (34, 15),
     };
-    for l in lens {
-        if compact.len() < l {
+    for l in (lo..=hi).rev() {
+        if n < l {
             continue;
         }
-        let end = compact[l - 1].0 + 1;
+        let end = ends[l - 1];
         // must end on a group boundary
         if let Some(&nx) = m.as_bytes().get(end) {
             if nx != b' ' {
                 continue;
             }
         }
-        let cand: String = compact[..l].iter().map(|&(_, c)| c as char).collect();
-        if mod97(&cand) && isolated(text, s, s + end) {
+        let cand = std::str::from_utf8(&chars[..l]).unwrap_or_default();
+        if mod97(cand) && isolated(text, s, s + end) {
             return Some((s, s + end));
         }
     }

@@ -173,6 +173,8 @@ struct Rule {
     re: Regex,
     group: Option<usize>,
     validator: Validator,
+    /// Digit-cluster shapes this rule can match (see `trigger::shape`).
+    need: u16,
 }
 
 /// The rules run behind one trigger class, with a set to pick among them
@@ -344,6 +346,7 @@ impl Redactor {
                 re,
                 group,
                 validator,
+                need: trigger::shape::needed_by(b.rule),
             });
             meta.push(Meta {
                 name: b.rule.to_string(),
@@ -360,6 +363,7 @@ impl Redactor {
                 re,
                 group,
                 validator: r.validator,
+                need: !0,
             });
             meta.push(Meta {
                 name: r.name.clone(),
@@ -368,7 +372,8 @@ impl Redactor {
             });
         }
         for c in &mut classes {
-            if c.class != Class::Always && c.rules.len() > 1 {
+            // digit windows pick their rules by the cluster's shape instead
+            if !matches!(c.class, Class::Always | Class::Digits) && c.rules.len() > 1 {
                 let pats: Vec<&str> = c
                     .rules
                     .iter()
@@ -533,6 +538,16 @@ impl Redactor {
             if c.class == Class::Always {
                 for &i in &c.rules {
                     self.run_rule(i, text, 0, text.len(), hits);
+                }
+                continue;
+            }
+            if c.class == Class::Digits {
+                for (&(ws, we), &sh) in win.digits.iter().zip(&win.digit_shapes) {
+                    for &i in &c.rules {
+                        if self.rules.get(i).is_some_and(|r| r.need & sh != 0) {
+                            self.run_rule(i, text, ws, we, hits);
+                        }
+                    }
                 }
                 continue;
             }

@@ -28,6 +28,46 @@ pub(crate) enum Class {
     Always,
 }
 
+/// What a digit cluster could be, from its shape (group lengths and
+/// separators): each digit rule runs only in windows whose cluster has its
+/// shape. Necessary conditions of the patterns, not sufficient ones.
+pub(crate) mod shape {
+    /// 13+ digits in groups joined by one space or dash (`card.pan`).
+    pub const CARD: u16 = 1;
+    /// Groups of 3, 2, 4 joined by one space or dash (`ssn.separated`).
+    pub const SSN_SEP: u16 = 1 << 1;
+    /// A group of exactly 9 digits (`ssn.labelled`).
+    pub const NINE: u16 = 1 << 2;
+    /// A `+` before a digit, 7+ digits (`phone.e164`).
+    pub const E164: u16 = 1 << 3;
+    /// Groups of 3, 3, 4 (`phone.nanp`).
+    pub const NANP: u16 = 1 << 4;
+    /// A group starting with 0 and 9+ digits (`phone.national`).
+    pub const NATIONAL: u16 = 1 << 5;
+    /// Two capitals and two digits at or before the cluster (`iban`).
+    pub const IBAN: u16 = 1 << 6;
+    /// A date after a birth-date label (`dob.labelled`).
+    pub const DOB: u16 = 1 << 7;
+    /// Short dotted numbers, when IPv4 is on (`ipv4`).
+    pub const IPV4: u16 = 1 << 8;
+
+    /// The shape a built-in digit rule needs; `!0` (every window) for others.
+    pub fn needed_by(rule: &str) -> u16 {
+        match rule {
+            "card.pan" => CARD,
+            "ssn.separated" => SSN_SEP,
+            "ssn.labelled" => NINE,
+            "phone.e164" => E164,
+            "phone.nanp" => NANP,
+            "phone.national" => NATIONAL,
+            "iban" => IBAN,
+            "dob.labelled" => DOB,
+            "ipv4" => IPV4,
+            _ => !0,
+        }
+    }
+}
+
 /// Shortest run of token characters that triggers the token detectors.
 const TOKEN_RUN: usize = 16;
 
@@ -81,6 +121,22 @@ fn push(v: &mut Vec<(usize, usize)>, w: (usize, usize)) {
     v.push(w);
 }
 
+/// Like [`push`], keeping each window's shape flags (ORed on merge).
+fn push_shaped(v: &mut Vec<(usize, usize)>, f: &mut Vec<u16>, w: (usize, usize), sh: u16) {
+    if w.0 >= w.1 {
+        return;
+    }
+    if let (Some(last), Some(lf)) = (v.last_mut(), f.last_mut()) {
+        if w.0 <= last.1 {
+            last.1 = last.1.max(w.1);
+            *lf |= sh;
+            return;
+        }
+    }
+    v.push(w);
+    f.push(sh);
+}
+
 /// Windows for one string, per class (each sorted and merged).
 #[derive(Debug, Default)]
 pub(crate) struct Windows {
@@ -89,6 +145,8 @@ pub(crate) struct Windows {
     pub pem: Vec<(usize, usize)>,
     pub token: Vec<(usize, usize)>,
     pub digits: Vec<(usize, usize)>,
+    /// The [`shape`] flags of each `digits` window (same index).
+    pub digit_shapes: Vec<u16>,
     /// Byte classes of the string being scanned (kept for their buffers).
     masks: Masks,
 }
@@ -111,6 +169,7 @@ impl Windows {
         self.pem.clear();
         self.token.clear();
         self.digits.clear();
+        self.digit_shapes.clear();
     }
 }
 
@@ -222,8 +281,43 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         let mut n = 0usize;
         let mut e = s;
         let mut k = s;
+        // shape: digit groups, and how each is joined to the previous
+        let mut sh = 0u16;
+        let mut glen = 0usize; // current group length
+        let mut gstart = s;
+        let mut prev: [usize; 2] = [0, 0]; // lengths of the two groups before
+        let mut single_join = [false, false]; // ...and whether each was joined by one [ -]
+        let mut joined_one = false; // current group joined to previous by one [ -]
+        let mut run = 0usize; // digits in groups joined by one [ -]
+        let close = |glen: usize,
+                         gstart: usize,
+                         joined_one: bool,
+                         prev: &mut [usize; 2],
+                         single_join: &mut [bool; 2],
+                         sh: &mut u16| {
+            if glen == 9 {
+                *sh |= shape::NINE;
+            }
+            if b[gstart] == b'0' {
+                *sh |= shape::NATIONAL;
+            }
+            if prev == &[3, 2] && glen == 4 && single_join[1] && joined_one {
+                *sh |= shape::SSN_SEP;
+            }
+            if prev == &[3, 3] && glen == 4 {
+                *sh |= shape::NANP;
+            }
+            prev[0] = prev[1];
+            prev[1] = glen;
+            single_join[0] = single_join[1];
+            single_join[1] = joined_one;
+        };
         while k < b.len() {
             if b[k].is_ascii_digit() {
+                if glen == 0 {
+                    gstart = k;
+                }
+                glen += 1;
                 n += 1;
                 k += 1;
                 e = k;
@@ -232,19 +326,53 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
                     || (matches!(b.get(k + 1), Some(b' ' | b'(' | b')' | b'-'))
                         && b.get(k + 2).is_some_and(u8::is_ascii_digit)))
             {
+                if glen > 0 {
+                    close(
+                        glen,
+                        gstart,
+                        joined_one,
+                        &mut prev,
+                        &mut single_join,
+                        &mut sh,
+                    );
+                    run += glen;
+                    if run >= 13 {
+                        sh |= shape::CARD;
+                    }
+                }
+                let one = matches!(b[k], b' ' | b'-') && b.get(k + 1).is_some_and(u8::is_ascii_digit);
+                if !one {
+                    run = 0;
+                }
+                if b[k] == b'+' || b.get(k + 1) == Some(&b'+') {
+                    sh |= shape::E164;
+                }
+                joined_one = one;
+                glen = 0;
                 k += 1;
             } else {
                 break;
+            }
+        }
+        if glen > 0 {
+            close(
+                glen,
+                gstart,
+                joined_one,
+                &mut prev,
+                &mut single_join,
+                &mut sh,
+            );
+            run += glen;
+            if run >= 13 {
+                sh |= shape::CARD;
             }
         }
         // Which digit detectors could match here? SSNs need 9 digits,
         // national phones 9–10, cards 13; an international phone 8 after a
         // `+`; an IBAN starts with two capitals and two digits; a date of
         // birth needs its label. ISO dates, times and amounts open nothing.
-        let plus = s > 0
-            && matches!(b[s - 1], b'+' | b'(')
-            && s > 1
-            && (b[s - 1] == b'+' || b[s - 2] == b'+');
+        let plus = s > 0 && (b[s - 1] == b'+' || (b[s - 1] == b'(' && s > 1 && b[s - 2] == b'+'));
         // glued to letters: a slice of an identifier (UUID, hash, SKU)
         if n < 4 {
             i = e.max(s + 1);
@@ -257,18 +385,34 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         let iban = n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]);
         let dob =
             n <= 8 && (date_like(&b[s..e], n) || n >= 6) && dob_label(&b[s.saturating_sub(40)..s]);
-        let could = (!glued && n >= 9)
-            || (n >= min_digits && min_digits < 7)
-            || (plus && n >= 7)
-            || iban
-            || dob;
-        if could {
+        if plus && n >= 7 {
+            sh |= shape::E164;
+        } else if n < 7 {
+            sh &= !shape::E164;
+        }
+        if n < 9 {
+            sh &= !shape::NATIONAL;
+        }
+        if iban {
+            sh |= shape::IBAN;
+        }
+        if dob {
+            sh |= shape::DOB;
+        }
+        if n >= min_digits && min_digits < 7 {
+            sh |= shape::IPV4;
+        }
+        // a single run of digits glued to letters is a slice of an identifier
+        if glued {
+            sh &= shape::IBAN | shape::DOB | shape::IPV4 | shape::E164;
+        }
+        if sh != 0 {
             // context the patterns need: a label before ("social security
             // number: ", "date of birth: "), an IBAN's letter groups after;
             // small windows stay separate in dense text
             let ws = expand_left(b, s, if dob { 40 } else { 28 });
             let we = floor_boundary(text, expand_right(b, e, if iban { 40 } else { 8 }));
-            push(&mut w.digits, (ws, we.max(e)));
+            push_shaped(&mut w.digits, &mut w.digit_shapes, (ws, we.max(e)), sh);
         }
         i = e.max(s + 1);
     }
