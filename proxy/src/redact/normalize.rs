@@ -194,6 +194,7 @@ fn unicode_at(b: &[u8], at: usize, bs: usize) -> Option<(char, usize)> {
 pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
     out.text.clear();
     out.spans.clear();
+    out.text.reserve(text.len());
     let b = text.as_bytes();
     // start of the stretch copied unchanged (ASCII and NFKC-stable characters)
     let mut run = 0usize;

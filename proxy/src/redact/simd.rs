@@ -17,22 +17,23 @@ pub(crate) struct Masks {
 impl Masks {
     /// Classify every byte of `b`.
     pub fn fill(&mut self, b: &[u8]) {
+        let words = b.len().div_ceil(64);
         self.digit.clear();
         self.token.clear();
+        self.digit.resize(words, 0);
+        self.token.resize(words, 0);
         let mut chunks = b.chunks_exact(64);
-        for c in &mut chunks {
-            let (d, t) = classify64(c);
-            self.digit.push(d);
-            self.token.push(t);
+        for ((c, d), t) in (&mut chunks).zip(&mut self.digit).zip(&mut self.token) {
+            if let Ok(c) = <&[u8; 64]>::try_from(c) {
+                (*d, *t) = sse2::digit_token64(c);
+            }
         }
         let rest = chunks.remainder();
-        if !rest.is_empty() {
+        if let (false, Some(d), Some(t)) = (rest.is_empty(), self.digit.last_mut(), self.token.last_mut()) {
             // zero padding belongs to no class
             let mut pad = [0u8; 64];
             pad[..rest.len()].copy_from_slice(rest);
-            let (d, t) = classify64(&pad);
-            self.digit.push(d);
-            self.token.push(t);
+            (*d, *t) = sse2::digit_token64(&pad);
         }
     }
 }
@@ -82,29 +83,59 @@ pub(crate) fn count(m: &[u64], pos: usize, len: usize) -> u32 {
     (w & keep).count_ones()
 }
 
-/// First position at or after `pos` where `min` set bits in a row start.
-/// `min` ≤ 64.
-pub(crate) fn next_run(m: &[u64], pos: usize, min: usize) -> Option<usize> {
+/// Start and end of the first run of at least `min` set bits that ends
+/// after `pos` and starts at or after `pos`. `min` is 8 to 64.
+///
+/// Such a run covers a whole aligned byte of the mask, so only mask words
+/// with an all-ones byte are looked at (a few instructions per 64 bytes).
+pub(crate) fn next_run(m: &[u64], pos: usize, min: usize) -> Option<(usize, usize)> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
     let mut k = pos / 64;
-    let mut from = pos % 64;
-    while k < m.len() {
-        let w = u128::from(m[k]) | u128::from(m.get(k + 1).copied().unwrap_or(0)) << 64;
-        // bit i of `s`: bits i..i+min all set (doubling shifts)
-        let mut s = w;
-        let mut have = 1usize;
-        while have < min {
-            let step = have.min(min - have);
-            s &= s >> step;
-            have += step;
-        }
-        let s = (s as u64) & (!0u64).checked_shl(from as u32).unwrap_or(0);
-        if s != 0 {
-            return Some(k * 64 + s.trailing_zeros() as usize);
+    while let Some(&w) = m.get(k) {
+        // lowest bit of each byte of the mask that is all ones
+        let mut t = w & (w >> 1);
+        t &= t >> 2;
+        t &= t >> 4;
+        let mut full = t & ONES;
+        while full != 0 {
+            let at = k * 64 + full.trailing_zeros() as usize;
+            full &= full - 1;
+            if at + 8 <= pos {
+                continue;
+            }
+            let s = prev_clear(m, at).max(pos);
+            let e = next_clear(m, at);
+            if e - s >= min {
+                return Some((s, e));
+            }
+            // skip the bytes of this run still in the word
+            if e >= (k + 1) * 64 {
+                break;
+            }
+            full &= (!0u64).checked_shl((e - k * 64) as u32).unwrap_or(0);
         }
         k += 1;
-        from = 0;
     }
     None
+}
+
+/// Start of the run of set bits that contains `pos` (`pos` itself is set).
+#[inline]
+fn prev_clear(m: &[u64], pos: usize) -> usize {
+    let mut k = pos / 64;
+    let keep = (pos % 64) as u32;
+    // bits at or below pos that are clear
+    let mut w = !m.get(k).copied().unwrap_or(0) & (u64::MAX >> (63 - keep));
+    loop {
+        if w != 0 {
+            return k * 64 + 64 - w.leading_zeros() as usize;
+        }
+        if k == 0 {
+            return 0;
+        }
+        k -= 1;
+        w = !m.get(k).copied().unwrap_or(0);
+    }
 }
 
 /// Index of the first byte at or after `i` that is `"`, `\` or a control
@@ -123,10 +154,8 @@ pub(crate) fn next_escape_or_high(b: &[u8], i: usize) -> usize {
 
 #[inline]
 fn scan(b: &[u8], mut i: usize, byte: impl Fn(u8) -> bool, block: fn(&[u8; 16]) -> u32) -> usize {
-    while let Some(c) = b.get(i..i + 16) {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(c);
-        let m = block(&a);
+    while let Some(a) = b.get(i..i + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
+        let m = block(a);
         if m != 0 {
             return i + m.trailing_zeros() as usize;
         }
@@ -138,19 +167,28 @@ fn scan(b: &[u8], mut i: usize, byte: impl Fn(u8) -> bool, block: fn(&[u8; 16]) 
     i.min(b.len())
 }
 
-/// Digit and token masks of 64 bytes.
-#[inline]
-fn classify64(c: &[u8]) -> (u64, u64) {
-    let mut d = 0u64;
-    let mut t = 0u64;
-    for (j, q) in c.chunks_exact(16).enumerate() {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(q);
-        let (dm, tm) = sse2::digit_token(&a);
-        d |= u64::from(dm) << (16 * j);
-        t |= u64::from(tm) << (16 * j);
+/// Whether `run` is made only of lowercase hex digits, `-` and `.`, with at
+/// least one letter: a UUID, git SHA or hash, which no token format is.
+pub(crate) fn hexish(run: &[u8]) -> bool {
+    let mut letter = false;
+    let mut chunks = run.chunks_exact(16);
+    for c in &mut chunks {
+        if let Ok(a) = <&[u8; 16]>::try_from(c) {
+            let (ok, alpha) = sse2::hex(a);
+            if ok != 0xFFFF {
+                return false;
+            }
+            letter |= alpha != 0;
+        }
     }
-    (d, t)
+    for &c in chunks.remainder() {
+        match c {
+            b'a'..=b'f' => letter = true,
+            b'0'..=b'9' | b'-' | b'.' => {}
+            _ => return false,
+        }
+    }
+    letter
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -206,8 +244,7 @@ mod sse2 {
 
     #[inline]
     #[target_feature(enable = "sse2")]
-    fn digit_token_sse2(a: &[u8; 16]) -> (u32, u32) {
-        let x = load(a);
+    fn digit_token_sse2(x: __m128i) -> (u32, u32) {
         let digit = in_range(x, b'0', 9);
         let letter = in_range(_mm_or_si128(x, _mm_set1_epi8(0x20)), b'a', 25);
         let punct = _mm_or_si128(
@@ -216,6 +253,24 @@ mod sse2 {
         );
         let token = _mm_or_si128(_mm_or_si128(digit, letter), punct);
         (bits(digit), bits(token))
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn hex_sse2(a: &[u8; 16]) -> (u32, u32) {
+        let x = load(a);
+        let alpha = in_range(x, b'a', 5);
+        let ok = _mm_or_si128(
+            _mm_or_si128(alpha, in_range(x, b'0', 9)),
+            _mm_or_si128(eq(x, b'-'), eq(x, b'.')),
+        );
+        (bits(ok), bits(alpha))
+    }
+
+    #[inline]
+    pub(super) fn hex(a: &[u8; 16]) -> (u32, u32) {
+        // SAFETY: SSE2 is in every x86-64 CPU (the target's baseline).
+        unsafe { hex_sse2(a) }
     }
 
     #[inline]
@@ -231,9 +286,24 @@ mod sse2 {
     }
 
     #[inline]
-    pub(super) fn digit_token(a: &[u8; 16]) -> (u32, u32) {
+    #[target_feature(enable = "sse2")]
+    fn digit_token64_sse2(a: &[u8; 64]) -> (u64, u64) {
+        let mut d = 0u64;
+        let mut t = 0u64;
+        for q in 0..4 {
+            // SAFETY: `a` has 64 readable bytes; 16 * q + 16 <= 64.
+            let x = unsafe { _mm_loadu_si128(a.as_ptr().add(16 * q).cast()) };
+            let (dm, tm) = digit_token_sse2(x);
+            d |= u64::from(dm) << (16 * q);
+            t |= u64::from(tm) << (16 * q);
+        }
+        (d, t)
+    }
+
+    #[inline]
+    pub(super) fn digit_token64(a: &[u8; 64]) -> (u64, u64) {
         // SAFETY: as above.
-        unsafe { digit_token_sse2(a) }
+        unsafe { digit_token64_sse2(a) }
     }
 }
 
@@ -255,13 +325,23 @@ mod sse2 {
         mask(a, |c| c == b'\\' || c >= 0x80)
     }
 
-    pub(super) fn digit_token(a: &[u8; 16]) -> (u32, u32) {
+    pub(super) fn hex(a: &[u8; 16]) -> (u32, u32) {
         (
-            mask(a, |c| c.is_ascii_digit()),
-            mask(a, |c| {
-                c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~')
-            }),
+            mask(a, |c| c.is_ascii_digit() || matches!(c, b'a'..=b'f' | b'-' | b'.')),
+            mask(a, |c| matches!(c, b'a'..=b'f')),
         )
+    }
+
+    pub(super) fn digit_token64(a: &[u8; 64]) -> (u64, u64) {
+        let mut d = 0u64;
+        let mut t = 0u64;
+        for (i, &c) in a.iter().enumerate() {
+            d |= u64::from(c.is_ascii_digit()) << i;
+            let tok = c.is_ascii_alphanumeric()
+                || matches!(c, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~');
+            t |= u64::from(tok) << i;
+        }
+        (d, t)
     }
 }
 
@@ -295,21 +375,39 @@ mod tests {
     }
 
     #[test]
+    fn hexish_runs() {
+        assert!(hexish(b"550e8400-e29b-41d4-a716-446655440000"));
+        assert!(hexish(b"9fceb02d0ae598e95dc970b74767f19372d61af8"));
+        assert!(!hexish(b"12345678901234567890"));
+        assert!(!hexish(b"550e8400-e29b-41d4-a716-44665544000G"));
+        assert!(!hexish(b"AKIAIOSFODNN7EXAMPLE"));
+    }
+
+    #[test]
     fn runs_and_bits() {
         let s = b"short words then AKIAIOSFODNN7EXAMPLEXX and more";
         let mut m = Masks::default();
         m.fill(s);
-        let at = next_run(&m.token, 0, 16).unwrap();
+        let (at, end) = next_run(&m.token, 0, 16).unwrap();
         assert_eq!(&s[at..at + 4], b"AKIA");
+        assert_eq!(end, at + 22);
         assert_eq!(next_clear(&m.token, at), at + 22);
         assert_eq!(next_run(&m.token, at + 7, 16), None);
+        assert_eq!(next_run(&m.token, 0, 23), None);
         assert_eq!(next_set(&m.digit, 0), Some(at + 12));
         assert_eq!(count(&m.digit, at, 20), 1);
         // a run that crosses a 64-byte word
         let mut long = vec![b' '; 60];
         long.extend_from_slice(b"ghp_0123456789abcdefghij");
         m.fill(&long);
-        assert_eq!(next_run(&m.token, 0, 16), Some(60));
+        assert_eq!(next_run(&m.token, 0, 16), Some((60, long.len())));
         assert_eq!(next_clear(&m.token, 60), long.len());
+        // runs on both sides of a word boundary, each shorter than the minimum
+        let mut two = vec![b'a'; 70];
+        two[56] = b' ';
+        two[69] = b' ';
+        m.fill(&two);
+        assert_eq!(next_run(&m.token, 0, 16), Some((0, 56)));
+        assert_eq!(next_run(&m.token, 57, 16), None);
     }
 }

@@ -16,6 +16,10 @@
 
 use super::simd::{self, Masks};
 
+/// Built once: a one-shot `memmem::find` rebuilds its searcher per call.
+static PEM: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"-----BEGIN"));
+
 /// Which trigger a rule is run behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -230,7 +234,7 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         }
     }
 
-    if let Some(at) = memchr::memmem::find(b, b"-----BEGIN") {
+    if let Some(at) = PEM.find(b) {
         push(&mut w.pem, (at, b.len()));
     }
 
@@ -239,16 +243,11 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
     masks.fill(b);
     // Token runs of 16+ bytes, from the token-class mask.
     let mut i = 0usize;
-    while let Some(s) = simd::next_run(&masks.token, i, TOKEN_RUN) {
-        let e = simd::next_clear(&masks.token, s).min(b.len());
+    while let Some((s, e)) = simd::next_run(&masks.token, i, TOKEN_RUN) {
+        let e = e.min(b.len());
         // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
         // hashes) cannot hold any token format
-        let run = &b[s..e];
-        let hexish = run
-            .iter()
-            .all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'.'))
-            && run.iter().any(|c| (b'a'..=b'f').contains(c));
-        if hexish {
+        if simd::hexish(&b[s..e]) {
             hex_runs.push((s, e));
         } else {
             let ws = expand_left(b, s, 24);
@@ -267,7 +266,8 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         // Four digits with gaps of at most two lie within ten bytes: with
         // fewer there, no detector can start here (most digits in prose).
         if simd::count(&masks.digit, s, 10) < 4 {
-            i = s + 1;
+            // the rest of this run of digits starts a shorter cluster still
+            i = simd::next_clear(&masks.digit, s);
             continue;
         }
         // inside a UUID / hash run found above: not a number
@@ -453,7 +453,11 @@ fn dob_label(before: &[u8]) -> bool {
     const LABELS: &[&[u8]] = &[b"dob", b"d.o.b", b"birth", b"born", b"naissance", b"geburt"];
     // every label but "naissance" has a `b`: rule most text out with memchr
     if memchr::memchr2(b'b', b'B', before).is_none()
-        && memchr::memmem::find(before, b"aissance").is_none()
+        && !memchr::memchr2_iter(b'n', b'N', before).any(|k| {
+            before
+                .get(k..k + 9)
+                .is_some_and(|x| x.eq_ignore_ascii_case(b"naissance"))
+        })
     {
         return false;
     }
