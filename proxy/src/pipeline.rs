@@ -179,7 +179,7 @@ fn apply_redaction(
     let mut by_kind_action: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
     for f in &out.findings {
         *by_kind_action
-            .entry((f.kind.clone(), f.action.as_str()))
+            .entry((f.kind.to_string(), f.action.as_str()))
             .or_default() += 1;
     }
     for ((kind, action), n) in &by_kind_action {

@@ -82,7 +82,7 @@ fn corpus_recall_and_precision() {
         let got: Vec<(String, String)> = out
             .findings
             .iter()
-            .map(|f| (f.kind.clone(), span_text(&body, f.start, f.end)))
+            .map(|f| (f.kind.to_string(), span_text(&body, f.start, f.end)))
             .collect();
         let matches = |e: &Expect, g: &(String, String)| {
             g.0 == e.kind
@@ -376,7 +376,7 @@ fn evasion_secret_split_across_parts_is_a_known_limit() {
     )
     .unwrap();
     let out = run(&r, &body);
-    assert!(out.findings.iter().all(|f| f.kind != "AWS_KEY"));
+    assert!(out.findings.iter().all(|f| &*f.kind != "AWS_KEY"));
 }
 
 #[test]

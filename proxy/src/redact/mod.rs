@@ -24,6 +24,7 @@ mod trigger;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
@@ -107,13 +108,13 @@ pub struct ScanRequest<'a> {
 pub struct Finding {
     /// Finding type, e.g. `EMAIL`, `CARD`, `AWS_KEY`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Arc<str>,
     /// The rule that fired, e.g. `phone.e164` or a dictionary's name.
-    pub rule: String,
+    pub rule: Arc<str>,
     /// The action taken (after policy overrides).
     pub action: Action,
     /// JSON path of the string (`$` for a text body); keys holding a finding print as `[*]`.
-    pub path: String,
+    pub path: Arc<str>,
     /// True when the finding is in an object key rather than a value.
     pub in_key: bool,
     /// Byte span in the scanned input (the decoded body when it was compressed).
@@ -156,7 +157,7 @@ pub enum Refusal {
 pub fn findings_by_type(findings: &[Finding]) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for f in findings {
-        *m.entry(f.kind.clone()).or_insert(0) += 1;
+        *m.entry(f.kind.to_string()).or_insert(0) += 1;
     }
     m
 }
@@ -164,8 +165,8 @@ pub fn findings_by_type(findings: &[Finding]) -> BTreeMap<String, u64> {
 /// Name, type and default action of one compiled rule.
 #[derive(Debug, Clone)]
 struct Meta {
-    name: String,
-    kind: String,
+    name: Arc<str>,
+    kind: Arc<str>,
     action: Action,
 }
 
@@ -209,7 +210,7 @@ impl std::fmt::Debug for Redactor {
                 &self
                     .meta
                     .iter()
-                    .map(|m| m.name.as_str())
+                    .map(|m| &*m.name)
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
@@ -349,8 +350,8 @@ impl Redactor {
                 need: trigger::shape::needed_by(b.rule),
             });
             meta.push(Meta {
-                name: b.rule.to_string(),
-                kind: b.kind.to_string(),
+                name: b.rule.into(),
+                kind: b.kind.into(),
                 action,
             });
         }
@@ -366,8 +367,8 @@ impl Redactor {
                 need: !0,
             });
             meta.push(Meta {
-                name: r.name.clone(),
-                kind: r.kind.clone(),
+                name: r.name.as_str().into(),
+                kind: r.kind.as_str().into(),
                 action: r.action,
             });
         }
@@ -392,8 +393,8 @@ impl Redactor {
         for d in &cfg.dictionaries {
             let mi = meta.len();
             meta.push(Meta {
-                name: d.name.clone(),
-                kind: d.kind.clone(),
+                name: d.name.as_str().into(),
+                kind: d.kind.as_str().into(),
                 action: d.action,
             });
             for t in &d.terms {
@@ -432,7 +433,7 @@ impl Redactor {
             (meta.len() - 1, floor)
         });
         let _ = default;
-        let min_digits = if meta.iter().any(|m| m.kind == "IPV4") {
+        let min_digits = if meta.iter().any(|m| &*m.kind == "IPV4") {
             4
         } else {
             7
@@ -457,7 +458,7 @@ impl Redactor {
     pub fn rules(&self) -> Vec<(String, String, Action)> {
         self.meta
             .iter()
-            .map(|m| (m.name.clone(), m.kind.clone(), m.action))
+            .map(|m| (m.name.to_string(), m.kind.to_string(), m.action))
             .collect()
     }
 
@@ -516,7 +517,7 @@ impl Redactor {
             let mut at = 0;
             for (s, e, tok) in &repl {
                 out.extend_from_slice(input.get(at..*s).unwrap_or_default());
-                out.extend_from_slice(tok.as_bytes());
+                tok.write(&self.meta, &mut out);
                 at = *e;
             }
             out.extend_from_slice(input.get(at..).unwrap_or_default());
@@ -712,6 +713,41 @@ fn secret_key_name(k: &str) -> bool {
         || k.ends_with("_secret")
 }
 
+/// What replaces a span: written straight into the output body, so a
+/// finding costs no string of its own.
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    /// `[REDACTED:TYPE]` (index into `meta`).
+    Mask(usize),
+    /// `[TYPE:xxxxxxxx]`, the first 4 bytes of the keyed hash in hex.
+    Hash(usize, [u8; 4]),
+}
+
+impl Token {
+    fn write(&self, meta: &[Meta], out: &mut Vec<u8>) {
+        let kind = |i: usize| meta.get(i).map_or("", |m| &*m.kind).as_bytes();
+        match *self {
+            Token::Mask(i) => {
+                out.extend_from_slice(b"[REDACTED:");
+                out.extend_from_slice(kind(i));
+                out.push(b']');
+            }
+            Token::Hash(i, tag) => {
+                out.push(b'[');
+                out.extend_from_slice(kind(i));
+                out.push(b':');
+                let mut hex = [0u8; 8];
+                for (k, x) in tag.iter().enumerate() {
+                    hex[2 * k] = b"0123456789abcdef"[usize::from(x >> 4)];
+                    hex[2 * k + 1] = b"0123456789abcdef"[usize::from(x & 15)];
+                }
+                out.extend_from_slice(&hex);
+                out.push(b']');
+            }
+        }
+    }
+}
+
 /// A confirmed candidate, span in the normalised text.
 #[derive(Debug, Clone, Copy)]
 struct Hit {
@@ -731,7 +767,7 @@ struct Scan<'r, 'b> {
     overrides: Option<&'b HashMap<String, Action>>,
     app_key: Option<[u8; 32]>,
     findings: Vec<Finding>,
-    repl: Vec<(usize, usize, String)>,
+    repl: Vec<(usize, usize, Token)>,
     blocked: Option<String>,
     norm: Norm,
     hits: Vec<Hit>,
@@ -853,7 +889,7 @@ impl Scan<'_, '_> {
             };
             h.action = self
                 .overrides
-                .and_then(|o| o.get(&m.kind).copied())
+                .and_then(|o| o.get(&*m.kind).copied())
                 .unwrap_or(m.action);
         }
         // Resolve overlaps in one sweep by start: of two overlapping hits keep
@@ -878,6 +914,7 @@ impl Scan<'_, '_> {
         if is_key {
             p.push_str("{key}");
         }
+        let p: Arc<str> = p.into();
         for h in kept {
             let Some(m) = self.r.meta.get(h.meta) else {
                 continue;
@@ -903,7 +940,7 @@ impl Scan<'_, '_> {
                             Some(format!("{} found by rule {} at {}", m.kind, m.name, p));
                     }
                 }
-                Action::Mask => self.repl.push((a, b, format!("[REDACTED:{}]", m.kind))),
+                Action::Mask => self.repl.push((a, b, Token::Mask(h.meta))),
                 Action::Hash => {
                     let value = text.get(h.s..h.e).unwrap_or_default();
                     let (r, app) = (self.r, self.app);
@@ -911,8 +948,9 @@ impl Scan<'_, '_> {
                         hmac(&r.hash_key, &[b"airlock/redact/app/", app.as_bytes()])
                     });
                     let mac = hmac(&key, &[m.kind.as_bytes(), b"\0", value.as_bytes()]);
-                    self.repl
-                        .push((a, b, format!("[{}:{}]", m.kind, hex::encode(&mac[..4]))));
+                    let mut tag = [0u8; 4];
+                    tag.copy_from_slice(&mac[..4]);
+                    self.repl.push((a, b, Token::Hash(h.meta, tag)));
                 }
                 Action::Monitor => {}
             }
