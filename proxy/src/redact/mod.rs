@@ -184,6 +184,10 @@ struct ClassRules {
     class: Class,
     set: Option<RegexSet>,
     rules: Vec<usize>,
+    /// When every rule of the class needs one of a few literals: an
+    /// automaton over them and, per pattern, the bit of the rule (index in
+    /// `rules`) it stands for. Cheaper than the set on short windows.
+    lits: Option<(AhoCorasick, Vec<u64>)>,
 }
 
 /// Compiled, immutable rule set; `Send + Sync`; built once per config (re)load.
@@ -314,6 +318,7 @@ impl Redactor {
                 class,
                 set: None,
                 rules: vec![idx],
+                lits: None,
             }),
         };
         let mut patterns: Vec<String> = Vec::new();
@@ -373,8 +378,9 @@ impl Redactor {
             });
         }
         for c in &mut classes {
+            c.lits = literal_filter(&c.rules, &meta);
             // digit windows pick their rules by the cluster's shape instead
-            if !matches!(c.class, Class::Always | Class::Digits) && c.rules.len() > 1 {
+            if c.lits.is_none() && !matches!(c.class, Class::Always | Class::Digits) && c.rules.len() > 1 {
                 let pats: Vec<&str> = c
                     .rules
                     .iter()
@@ -556,6 +562,20 @@ impl Redactor {
                 let Some(window) = text.get(ws..we) else {
                     continue;
                 };
+                if let Some((ac, bits)) = &c.lits {
+                    let mut want = 0u64;
+                    for m in ac.find_overlapping_iter(window) {
+                        want |= bits.get(m.pattern().as_usize()).copied().unwrap_or(0);
+                    }
+                    while want != 0 {
+                        let k = want.trailing_zeros() as usize;
+                        want &= want - 1;
+                        if let Some(&i) = c.rules.get(k) {
+                            self.run_rule(i, text, ws, we, hits);
+                        }
+                    }
+                    continue;
+                }
                 match &c.set {
                     Some(set) => {
                         for k in set.matches(window).iter() {
@@ -647,6 +667,48 @@ impl Redactor {
             }
         }
     }
+}
+
+/// Literals one of which every match of a built-in token rule contains
+/// (matched ASCII-case-insensitively, which only lets more windows through).
+fn rule_literals(rule: &str) -> Option<&'static [&'static str]> {
+    Some(match rule {
+        "jwt" => &["eyJ"],
+        "aws_key.access_key_id" => &[
+            "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "AROA", "APKA",
+            "ASCA",
+        ],
+        "github.token" => &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        "gitlab.token" => &["glpat-", "gldt-", "glrt-", "glptt-", "glft-", "glsoat-"],
+        "slack.token" => &["xox"],
+        "slack.webhook" => &["hooks.slack.com/"],
+        "stripe.key" => &["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"],
+        "google_api_key" => &["AIza"],
+        "anthropic_key" => &["sk-ant-"],
+        "openai_key" => &["sk-"],
+        "bearer.token" => &["bearer"],
+        _ => return None,
+    })
+}
+
+/// The literal prefilter of a class, if every one of its (at most 64) rules has literals.
+fn literal_filter(rules: &[usize], meta: &[Meta]) -> Option<(AhoCorasick, Vec<u64>)> {
+    if rules.len() > 64 {
+        return None;
+    }
+    let mut pats: Vec<&str> = Vec::new();
+    let mut bits = Vec::new();
+    for (k, &i) in rules.iter().enumerate() {
+        for l in rule_literals(&meta.get(i)?.name)? {
+            pats.push(l);
+            bits.push(1u64 << k);
+        }
+    }
+    let ac = AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(&pats)
+        .ok()?;
+    Some((ac, bits))
 }
 
 fn compile(p: &str) -> Result<Regex, regex::Error> {
