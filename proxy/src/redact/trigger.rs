@@ -383,8 +383,15 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
             && ((s > 0 && b[s - 1].is_ascii_alphabetic())
                 || b.get(e).is_some_and(u8::is_ascii_alphabetic));
         let iban = n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]);
-        let dob =
-            n <= 8 && (date_like(&b[s..e], n) || n >= 6) && dob_label(&b[s.saturating_sub(40)..s]);
+        // A numeric date follows its label directly; a lone year may end
+        // "born on 3 March 1990", so its label is looked for further back.
+        let dob = n <= 8
+            && (date_like(&b[s..e], n) || n >= 6)
+            && if e - s == 4 {
+                dob_label(&b[s.saturating_sub(40)..s])
+            } else {
+                dob_label_adjacent(&b[s.saturating_sub(40)..s])
+            };
         if plus && n >= 7 {
             sh |= shape::E164;
         } else if n < 7 {
@@ -468,6 +475,23 @@ fn dob_label(before: &[u8]) -> bool {
                     .get(k..k + l.len())
                     .is_some_and(|x| x.eq_ignore_ascii_case(l))
             })
+    })
+}
+
+/// Whether `before` ends with a date-of-birth label, past the spaces, tabs
+/// and `:`/`=`/`-` the pattern allows between label and date.
+fn dob_label_adjacent(before: &[u8]) -> bool {
+    const LABELS: &[&[u8]] = &[
+        b"dob", b"d.o.b", b"d.o.b.", b"birth", b"birthdate", b"birth date", b"birthday", b"born",
+        b"born on", b"geburtsdatum", b"naissance",
+    ];
+    let mut end = before.len();
+    while end > 0 && matches!(before[end - 1], b' ' | b'\t' | b':' | b'=' | b'-') {
+        end -= 1;
+    }
+    let w = &before[..end];
+    LABELS.iter().any(|l| {
+        w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l)
     })
 }
 
