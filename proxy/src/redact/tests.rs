@@ -197,3 +197,45 @@ fn builtin_compiles_every_pattern() {
     // plus the JSON-key secret rule
     assert_eq!(r.rules().len(), enabled + 1);
 }
+
+/// The trigger pass skips most digit clusters from their shape alone; each
+/// skip must leave every shape a digit rule matches with its window.
+#[test]
+fn digit_shapes_keep_every_detector() {
+    let r = Redactor::builtin();
+    let cases: &[(&str, &str)] = &[
+        ("+44 20 7946 0958", "PHONE"),
+        ("call +1 (415) 555-2671 today", "PHONE"),
+        ("office (415) 555-2671", "PHONE"),
+        ("ring 020 7946 0958 now", "PHONE"),
+        ("ssn 123-45-6789", "SSN"),
+        ("SSN: 123456789", "SSN"),
+        ("card 4111 1111 1111 1111", "CARD"),
+        ("card:\n4111111111111111", "CARD"),
+        ("amex 3782-822463-10005", "CARD"),
+        ("iban DE89 3704 0044 0532 0130 00", "IBAN"),
+        ("date of birth: 1990-01-02", "DOB"),
+        ("DOB 02/01/90", "DOB"),
+        ("born on 3 March 1990.", "DOB"),
+        ("Birthday: March 3rd, 1990", "DOB"),
+        ("d.o.b.=12.03.1985", "DOB"),
+    ];
+    for (text, kind) in cases {
+        let out = r.redact(&req(&chat(text))).unwrap();
+        assert!(
+            out.findings.iter().any(|f| &*f.kind == *kind),
+            "{kind} not found in {text:?}: {:?}",
+            out.findings
+        );
+    }
+    // look-alikes the shapes rule out stay untouched
+    for text in [
+        "release v2.14.3 on 2024-03-15",
+        "order #4821, ticket JIRA-4412",
+        "total $1,249.00 at p99 184ms",
+        "build 20240315 took 1234567 ms",
+    ] {
+        let out = r.redact(&req(&chat(text))).unwrap();
+        assert!(out.findings.is_empty(), "{text:?}: {:?}", out.findings);
+    }
+}

@@ -256,7 +256,15 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         i = e + 1;
     }
 
-    // Digit clusters: digits with gaps of at most two separator bytes.
+    digit_windows(text, min_digits, &hex_runs, w);
+}
+
+/// Digit clusters: digits with gaps of at most two separator bytes, each
+/// opening a window in `w.digits` when its shape fits a digit rule.
+#[inline(never)]
+fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: &mut Windows) {
+    let b = text.as_bytes();
+    let masks = &w.masks;
     let mut i = 0usize;
     let mut hx = 0usize;
     while let Some(s) = simd::next_set(&masks.digit, i) {
@@ -277,6 +285,32 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         if hex_runs.get(hx).is_some_and(|r| r.0 <= s) {
             i = hex_runs.get(hx).map_or(s + 1, |r| r.1).max(s + 1);
             continue;
+        }
+        // Seven digits with such gaps lie within 19 bytes. With fewer, only
+        // a labelled date can be here (IPv4 off): look for its label before
+        // walking the cluster, as the walk below would.
+        if min_digits >= 7 && simd::count(&masks.digit, s, 19) < 7 {
+            let run_end = simd::next_clear(&masks.digit, s).min(b.len());
+            // the walk's own rule for going on past a separator
+            let joined = b.get(run_end).is_some_and(|c| {
+                matches!(c, b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+')
+            }) && (b.get(run_end + 1).is_some_and(u8::is_ascii_digit)
+                || (matches!(b.get(run_end + 1), Some(b' ' | b'(' | b')' | b'-'))
+                    && b.get(run_end + 2).is_some_and(u8::is_ascii_digit)));
+            let before = &b[s.saturating_sub(40)..s];
+            let len = run_end - s;
+            // alone, a run is a date only as a year or as six digits
+            let label = if joined {
+                dob_label_adjacent(before)
+            } else if len == 4 {
+                matches!(&b[s..s + 2], b"18" | b"19" | b"20") && dob_label(before)
+            } else {
+                len == 6 && dob_label_adjacent(before)
+            };
+            if !label {
+                i = run_end;
+                continue;
+            }
         }
         let mut n = 0usize;
         let mut e = s;
