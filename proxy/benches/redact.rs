@@ -1,6 +1,9 @@
-//! Redaction throughput: OpenAI chat bodies of 16 KiB and 64 KiB, clean and
-//! dense with findings, through the whole `Redactor::redact` (hash of the
-//! body, JSON walk, normalisation, detectors, re-serialisation).
+//! Redaction throughput: OpenAI chat bodies of 16 KiB and 64 KiB — plain
+//! prose, prose full of benign look-alikes, and prose dense with findings —
+//! through the whole `Redactor::redact` (UTF-8 check, JSON walk,
+//! normalisation, detectors, re-serialisation), with the built-in rules and
+//! with the shipped policy. The body's SHA-256 for the decision record is
+//! taken by the proxy, outside this call (`prompt_sha256` below measures it).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -111,18 +114,47 @@ const SECRETS: &[&str] = &[
     "5555555555554444",
 ];
 
+/// Which prompt to build.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Prose with accents and typographic quotes, no digits: most prompts.
+    Plain,
+    /// Prose dense with benign look-alikes (versions, dates, order numbers,
+    /// UUIDs, SHAs, amounts): nothing to redact, but many digit clusters and
+    /// token runs to rule out.
+    Clean,
+    /// A finding every ~70 bytes.
+    Dense,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Plain => "plain",
+            Kind::Clean => "clean",
+            Kind::Dense => "dense",
+        }
+    }
+}
+
 /// Prose of about `size` bytes (as JSON string content), with newlines.
-fn prose(size: usize, dense: bool, seed: u64) -> String {
+fn prose(size: usize, kind: Kind, seed: u64) -> String {
     let mut r = Rng(seed);
+    // the look-alikes start at "Q3"
+    let words = if kind == Kind::Plain {
+        &WORDS[..WORDS.iter().position(|w| *w == "Q3").unwrap_or(WORDS.len())]
+    } else {
+        WORDS
+    };
     let mut s = String::new();
     let mut since = 0;
     while s.len() < size {
-        if dense && since > 60 {
+        if kind == Kind::Dense && since > 60 {
             s.push_str(r.pick(SECRETS));
             s.push(' ');
             since = 0;
         }
-        let w = r.pick(WORDS);
+        let w = r.pick(words);
         s.push_str(w);
         since += w.len() + 1;
         s.push(if r.next().is_multiple_of(14) {
@@ -134,8 +166,8 @@ fn prose(size: usize, dense: bool, seed: u64) -> String {
     s
 }
 
-fn body(size: usize, dense: bool) -> Vec<u8> {
-    let content = prose(size - 200, dense, 0x9E37_79B9_7F4A_7C15);
+fn body(size: usize, kind: Kind) -> Vec<u8> {
+    let content = prose(size - 200, kind, 0x9E37_79B9_7F4A_7C15);
     serde_json::to_vec(&serde_json::json!({
         "model": "gpt-4o-mini",
         "messages": [
@@ -148,32 +180,49 @@ fn body(size: usize, dense: bool) -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let r = Redactor::builtin();
-    let mut g = c.benchmark_group("redact");
-    for size in [16 * 1024, 64 * 1024] {
-        for dense in [false, true] {
-            let b = body(size, dense);
-            let req = ScanRequest {
-                body: &b,
-                content_type: Some("application/json"),
-                content_encoding: None,
-                path: "/v1/chat/completions",
-                app: "bench",
-                max_bytes: 1 << 22,
-                overrides: None,
-            };
-            let out = r.redact(&req).unwrap();
-            assert_eq!(
-                out.findings.is_empty(),
-                !dense,
-                "bench body has unexpected findings"
-            );
-            g.throughput(Throughput::Bytes(b.len() as u64));
-            let name = if dense { "dense" } else { "clean" };
-            g.bench_with_input(BenchmarkId::new(name, size / 1024), &req, |bch, req| {
-                bch.iter(|| r.redact(req).unwrap())
-            });
+    // the built-in detectors, and the policy shipped in `policies/`
+    // (dictionaries and a custom rule on top)
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/redaction.yaml");
+    let rules = [
+        ("redact", Redactor::builtin()),
+        ("redact_policy", Redactor::load(&shipped).expect("policies/redaction.yaml loads")),
+    ];
+    for (group, r) in &rules {
+        let mut g = c.benchmark_group(*group);
+        for size in [16 * 1024, 64 * 1024] {
+            for kind in [Kind::Plain, Kind::Clean, Kind::Dense] {
+                let b = body(size, kind);
+                let req = ScanRequest {
+                    body: &b,
+                    content_type: Some("application/json"),
+                    content_encoding: None,
+                    path: "/v1/chat/completions",
+                    app: "bench",
+                    max_bytes: 1 << 22,
+                    overrides: None,
+                };
+                let out = r.redact(&req).unwrap();
+                assert_eq!(
+                    out.findings.is_empty(),
+                    kind != Kind::Dense,
+                    "bench body has unexpected findings"
+                );
+                g.throughput(Throughput::Bytes(b.len() as u64));
+                g.bench_with_input(BenchmarkId::new(kind.name(), size / 1024), &req, |bch, req| {
+                    bch.iter(|| r.redact(req).unwrap())
+                });
+            }
         }
+        g.finish();
+    }
+    // what the decision record's prompt hash costs on the same bodies
+    let mut g = c.benchmark_group("prompt_sha256");
+    for size in [16 * 1024, 64 * 1024] {
+        let b = body(size, Kind::Clean);
+        g.throughput(Throughput::Bytes(b.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size / 1024), &b, |bch, b| {
+            bch.iter(|| airlock::redact::prompt_sha256(b))
+        });
     }
     g.finish();
 }

@@ -406,7 +406,9 @@ impl Redactor {
             for t in &d.terms {
                 let mut n = Norm::default();
                 normalize::normalize(t, 0, false, &mut n);
-                let n = n.text.trim().to_string();
+                // matched against an ASCII-lowercased copy of the text: a
+                // case-sensitive automaton keeps its fast (SIMD) prefilter
+                let n = n.text.trim().to_ascii_lowercase();
                 if !n.is_empty() {
                     terms.push(n);
                     dict_meta.push(mi);
@@ -418,15 +420,10 @@ impl Redactor {
         } else {
             Some(
                 AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
                     .match_kind(MatchKind::Standard)
                     .kind(Some(AhoCorasickKind::DFA))
                     .build(&terms)
-                    .or_else(|_| {
-                        AhoCorasick::builder()
-                            .ascii_case_insensitive(true)
-                            .build(&terms)
-                    })
+                    .or_else(|_| AhoCorasick::builder().build(&terms))
                     .map_err(|e| format!("dictionaries: {e}"))?,
             )
         };
@@ -594,7 +591,11 @@ impl Redactor {
         }
         if let Some(ac) = &self.dict {
             let b = text.as_bytes();
-            for m in ac.find_overlapping_iter(text) {
+            let lower = &mut win.lower;
+            lower.clear();
+            lower.extend_from_slice(b);
+            lower.make_ascii_lowercase();
+            for m in ac.find_overlapping_iter(&lower[..]) {
                 let (s, e) = (m.start(), m.end());
                 if word_edge(text, b, s, true) && word_edge(text, b, e, false) {
                     if let Some(&mi) = self.dict_meta.get(m.pattern().as_usize()) {

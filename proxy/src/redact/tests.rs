@@ -239,3 +239,29 @@ fn digit_shapes_keep_every_detector() {
         assert!(out.findings.is_empty(), "{text:?}: {:?}", out.findings);
     }
 }
+
+/// Dictionaries match any ASCII case, whole words only, longest term first.
+#[test]
+fn dictionary_case_and_word_edges() {
+    let dir = std::env::temp_dir().join(format!("airlock-dict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("names.txt"), "Acme\nAcme Corp\n").unwrap();
+    std::fs::write(
+        dir.join("redaction.yaml"),
+        "version: 1\ndictionaries:\n  - { name: customers, type: CUSTOMER, file: names.txt, action: mask }\n",
+    )
+    .unwrap();
+    let r = Redactor::load(&dir.join("redaction.yaml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let r = r.unwrap();
+    let masked = |text: &str| {
+        let out = r.redact(&req(&chat(text))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(out.body.as_deref().unwrap_or(&chat(text))).unwrap();
+        v["messages"][0]["content"].as_str().unwrap().to_string()
+    };
+    assert_eq!(masked("ACME CORP signed"), "[REDACTED:CUSTOMER] signed");
+    assert_eq!(masked("ask acme today"), "ask [REDACTED:CUSTOMER] today");
+    assert_eq!(masked("Acme Corporation"), "[REDACTED:CUSTOMER] Corporation");
+    assert_eq!(masked("acmecorp and Acme2"), "acmecorp and Acme2");
+}

@@ -153,6 +153,8 @@ pub(crate) struct Windows {
     pub digit_shapes: Vec<u16>,
     /// Byte classes of the string being scanned (kept for their buffers).
     masks: Masks,
+    /// The string, ASCII-lowercased, for the dictionaries (a reused buffer).
+    pub lower: Vec<u8>,
 }
 
 impl Windows {
