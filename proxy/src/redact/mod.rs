@@ -194,7 +194,10 @@ struct ClassRules {
 pub struct Redactor {
     rules: Vec<Rule>,
     classes: Vec<ClassRules>,
-    dict: Option<AhoCorasick>,
+    /// Dictionary terms: a leftmost-longest automaton for the scan (it keeps
+    /// its SIMD prefilter) and an overlapping one for the rare match that is
+    /// not a whole word, where a shorter term inside may still be.
+    dict: Option<Dict>,
     /// Pattern id of the dictionary automaton → index into `meta`.
     dict_meta: Vec<usize>,
     /// `rules` (same index), then dictionaries, then the JSON-key secret rule.
@@ -418,14 +421,19 @@ impl Redactor {
         let dict = if terms.is_empty() {
             None
         } else {
-            Some(
+            let build = |kind: MatchKind| {
                 AhoCorasick::builder()
-                    .match_kind(MatchKind::Standard)
+                    .match_kind(kind)
                     .kind(Some(AhoCorasickKind::DFA))
                     .build(&terms)
-                    .or_else(|_| AhoCorasick::builder().build(&terms))
-                    .map_err(|e| format!("dictionaries: {e}"))?,
-            )
+                    .or_else(|_| AhoCorasick::builder().match_kind(kind).build(&terms))
+                    .map_err(|e| format!("dictionaries: {e}"))
+            };
+            Some(Dict {
+                longest: build(MatchKind::LeftmostLongest)?,
+                all: build(MatchKind::Standard)?,
+                max_len: terms.iter().map(String::len).max().unwrap_or(0),
+            })
         };
         let secret_key = secret_key.map(|(action, floor)| {
             meta.push(Meta {
@@ -589,16 +597,15 @@ impl Redactor {
                 }
             }
         }
-        if let Some(ac) = &self.dict {
+        if let Some(d) = &self.dict {
             let b = text.as_bytes();
             let lower = &mut win.lower;
             lower.clear();
             lower.extend_from_slice(b);
             lower.make_ascii_lowercase();
-            for m in ac.find_overlapping_iter(&lower[..]) {
-                let (s, e) = (m.start(), m.end());
+            let mut push = |s: usize, e: usize, pattern: usize| {
                 if word_edge(text, b, s, true) && word_edge(text, b, e, false) {
-                    if let Some(&mi) = self.dict_meta.get(m.pattern().as_usize()) {
+                    if let Some(&mi) = self.dict_meta.get(pattern) {
                         hits.push(Hit {
                             s,
                             e,
@@ -606,6 +613,19 @@ impl Redactor {
                             action: Action::Mask,
                         });
                     }
+                }
+            };
+            for m in d.longest.find_iter(&lower[..]) {
+                let (s, e) = (m.start(), m.end());
+                if word_edge(text, b, s, true) && word_edge(text, b, e, false) {
+                    push(s, e, m.pattern().as_usize());
+                    continue;
+                }
+                // not a whole word: every term overlapping it, whole words kept
+                let lo = s;
+                let hi = (e + d.max_len).min(lower.len());
+                for m in d.all.find_overlapping_iter(&lower[lo..hi]) {
+                    push(lo + m.start(), lo + m.end(), m.pattern().as_usize());
                 }
             }
         }
@@ -774,6 +794,13 @@ fn secret_key_name(k: &str) -> bool {
             | "db_password"
     ) || k.ends_with("_password")
         || k.ends_with("_secret")
+}
+
+/// Compiled dictionary terms (ASCII-lowercased).
+struct Dict {
+    longest: AhoCorasick,
+    all: AhoCorasick,
+    max_len: usize,
 }
 
 /// What replaces a span: written straight into the output body, so a
