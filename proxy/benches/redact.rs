@@ -182,10 +182,14 @@ fn body(size: usize, kind: Kind) -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     // the built-in detectors, and the policy shipped in `policies/`
     // (dictionaries and a custom rule on top)
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/redaction.yaml");
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/redaction.yaml");
     let rules = [
         ("redact", Redactor::builtin()),
-        ("redact_policy", Redactor::load(&shipped).expect("policies/redaction.yaml loads")),
+        (
+            "redact_policy",
+            Redactor::load(&shipped).expect("policies/redaction.yaml loads"),
+        ),
     ];
     for (group, r) in &rules {
         let mut g = c.benchmark_group(*group);
@@ -208,13 +212,29 @@ fn bench(c: &mut Criterion) {
                     "bench body has unexpected findings"
                 );
                 g.throughput(Throughput::Bytes(b.len() as u64));
-                g.bench_with_input(BenchmarkId::new(kind.name(), size / 1024), &req, |bch, req| {
-                    bch.iter(|| r.redact(req).unwrap())
-                });
+                g.bench_with_input(
+                    BenchmarkId::new(kind.name(), size / 1024),
+                    &req,
+                    |bch, req| bch.iter(|| r.redact(req).unwrap()),
+                );
             }
         }
         g.finish();
     }
+    // the baseline: what parsing the same bodies into a document and
+    // writing them back costs (what any JSON-aware stage pays at least)
+    let mut g = c.benchmark_group("json_roundtrip");
+    for size in [16 * 1024, 64 * 1024] {
+        let b = body(size, Kind::Clean);
+        g.throughput(Throughput::Bytes(b.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size / 1024), &b, |bch, b| {
+            bch.iter(|| {
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                serde_json::to_vec(&v).unwrap()
+            })
+        });
+    }
+    g.finish();
     // what the decision record's prompt hash costs on the same bodies
     let mut g = c.benchmark_group("prompt_sha256");
     for size in [16 * 1024, 64 * 1024] {

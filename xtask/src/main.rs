@@ -474,5 +474,12 @@ fn bench(root: &Path, seconds: u64, rates: &[u32]) -> Result<()> {
         .arg(seconds.to_string())
         .arg("--rates")
         .arg(rates.join(",")))?;
+    // The stages alone, each against its baseline in the same run:
+    // redaction against a serde_json parse + re-serialise of the same body,
+    // the policy decision on its own.
+    step("redaction and policy stages alone (criterion)");
+    run(Command::new("cargo").args([
+        "bench", "-p", "airlock", "--bench", "redact", "--bench", "policy",
+    ]))?;
     Ok(())
 }

@@ -455,4 +455,3 @@ pub(crate) fn render_path(b: &[u8], path: &[Seg]) -> String {
     }
     out
 }
-

@@ -214,11 +214,7 @@ impl std::fmt::Debug for Redactor {
         f.debug_struct("Redactor")
             .field(
                 "rules",
-                &self
-                    .meta
-                    .iter()
-                    .map(|m| &*m.name)
-                    .collect::<Vec<_>>(),
+                &self.meta.iter().map(|m| &*m.name).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -383,7 +379,10 @@ impl Redactor {
         for c in &mut classes {
             c.lits = literal_filter(&c.rules, &meta);
             // digit windows pick their rules by the cluster's shape instead
-            if c.lits.is_none() && !matches!(c.class, Class::Always | Class::Digits) && c.rules.len() > 1 {
+            if c.lits.is_none()
+                && !matches!(c.class, Class::Always | Class::Digits)
+                && c.rules.len() > 1
+            {
                 let pats: Vec<&str> = c
                     .rules
                     .iter()

@@ -29,7 +29,11 @@ impl Masks {
             }
         }
         let rest = chunks.remainder();
-        if let (false, Some(d), Some(t)) = (rest.is_empty(), self.digit.last_mut(), self.token.last_mut()) {
+        if let (false, Some(d), Some(t)) = (
+            rest.is_empty(),
+            self.digit.last_mut(),
+            self.token.last_mut(),
+        ) {
             // zero padding belongs to no class
             let mut pad = [0u8; 64];
             pad[..rest.len()].copy_from_slice(rest);
@@ -142,7 +146,12 @@ fn prev_clear(m: &[u64], pos: usize) -> usize {
 /// character (what ends a run of plain JSON string content), or `b.len()`.
 #[inline]
 pub(crate) fn next_string_special(b: &[u8], i: usize) -> usize {
-    scan(b, i, |c| c == b'"' || c == b'\\' || c < 0x20, sse2::string_special)
+    scan(
+        b,
+        i,
+        |c| c == b'"' || c == b'\\' || c < 0x20,
+        sse2::string_special,
+    )
 }
 
 /// Index of the first byte at or after `i` that is a backslash or not
@@ -327,7 +336,9 @@ mod sse2 {
 
     pub(super) fn hex(a: &[u8; 16]) -> (u32, u32) {
         (
-            mask(a, |c| c.is_ascii_digit() || matches!(c, b'a'..=b'f' | b'-' | b'.')),
+            mask(a, |c| {
+                c.is_ascii_digit() || matches!(c, b'a'..=b'f' | b'-' | b'.')
+            }),
             mask(a, |c| matches!(c, b'a'..=b'f')),
         )
     }
@@ -355,11 +366,17 @@ mod tests {
 
     #[test]
     fn masks_agree_with_per_byte_classes() {
-        let b: Vec<u8> = (0..=255u8).chain(b"abc 123 x-y_z".iter().copied()).collect();
+        let b: Vec<u8> = (0..=255u8)
+            .chain(b"abc 123 x-y_z".iter().copied())
+            .collect();
         let mut m = Masks::default();
         m.fill(&b);
         for (i, &c) in b.iter().enumerate() {
-            assert_eq!(m.digit[i / 64] >> (i % 64) & 1 == 1, c.is_ascii_digit(), "{c}");
+            assert_eq!(
+                m.digit[i / 64] >> (i % 64) & 1 == 1,
+                c.is_ascii_digit(),
+                "{c}"
+            );
             assert_eq!(m.token[i / 64] >> (i % 64) & 1 == 1, token(c), "{c}");
         }
         for i in 0..b.len() {

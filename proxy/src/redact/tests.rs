@@ -262,6 +262,9 @@ fn dictionary_case_and_word_edges() {
     };
     assert_eq!(masked("ACME CORP signed"), "[REDACTED:CUSTOMER] signed");
     assert_eq!(masked("ask acme today"), "ask [REDACTED:CUSTOMER] today");
-    assert_eq!(masked("Acme Corporation"), "[REDACTED:CUSTOMER] Corporation");
+    assert_eq!(
+        masked("Acme Corporation"),
+        "[REDACTED:CUSTOMER] Corporation"
+    );
     assert_eq!(masked("acmecorp and Acme2"), "acmecorp and Acme2");
 }

@@ -294,11 +294,12 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
         if min_digits >= 7 && simd::count(&masks.digit, s, 19) < 7 {
             let run_end = simd::next_clear(&masks.digit, s).min(b.len());
             // the walk's own rule for going on past a separator
-            let joined = b.get(run_end).is_some_and(|c| {
-                matches!(c, b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+')
-            }) && (b.get(run_end + 1).is_some_and(u8::is_ascii_digit)
-                || (matches!(b.get(run_end + 1), Some(b' ' | b'(' | b')' | b'-'))
-                    && b.get(run_end + 2).is_some_and(u8::is_ascii_digit)));
+            let joined = b
+                .get(run_end)
+                .is_some_and(|c| matches!(c, b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+'))
+                && (b.get(run_end + 1).is_some_and(u8::is_ascii_digit)
+                    || (matches!(b.get(run_end + 1), Some(b' ' | b'(' | b')' | b'-'))
+                        && b.get(run_end + 2).is_some_and(u8::is_ascii_digit)));
             let before = &b[s.saturating_sub(40)..s];
             let len = run_end - s;
             // alone, a run is a date only as a year or as six digits
@@ -326,11 +327,11 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
         let mut joined_one = false; // current group joined to previous by one [ -]
         let mut run = 0usize; // digits in groups joined by one [ -]
         let close = |glen: usize,
-                         gstart: usize,
-                         joined_one: bool,
-                         prev: &mut [usize; 2],
-                         single_join: &mut [bool; 2],
-                         sh: &mut u16| {
+                     gstart: usize,
+                     joined_one: bool,
+                     prev: &mut [usize; 2],
+                     single_join: &mut [bool; 2],
+                     sh: &mut u16| {
             if glen == 9 {
                 *sh |= shape::NINE;
             }
@@ -376,7 +377,8 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
                         sh |= shape::CARD;
                     }
                 }
-                let one = matches!(b[k], b' ' | b'-') && b.get(k + 1).is_some_and(u8::is_ascii_digit);
+                let one =
+                    matches!(b[k], b' ' | b'-') && b.get(k + 1).is_some_and(u8::is_ascii_digit);
                 if !one {
                     run = 0;
                 }
@@ -518,17 +520,26 @@ fn dob_label(before: &[u8]) -> bool {
 /// and `:`/`=`/`-` the pattern allows between label and date.
 fn dob_label_adjacent(before: &[u8]) -> bool {
     const LABELS: &[&[u8]] = &[
-        b"dob", b"d.o.b", b"d.o.b.", b"birth", b"birthdate", b"birth date", b"birthday", b"born",
-        b"born on", b"geburtsdatum", b"naissance",
+        b"dob",
+        b"d.o.b",
+        b"d.o.b.",
+        b"birth",
+        b"birthdate",
+        b"birth date",
+        b"birthday",
+        b"born",
+        b"born on",
+        b"geburtsdatum",
+        b"naissance",
     ];
     let mut end = before.len();
     while end > 0 && matches!(before[end - 1], b' ' | b'\t' | b':' | b'=' | b'-') {
         end -= 1;
     }
     let w = &before[..end];
-    LABELS.iter().any(|l| {
-        w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l)
-    })
+    LABELS
+        .iter()
+        .any(|l| w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l))
 }
 
 /// ASCII case-insensitive substring test; `needle` is lowercase. Checks the
