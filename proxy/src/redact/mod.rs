@@ -7,9 +7,10 @@
 //! [`Outcome`]: the rewritten body (or `None` to forward the original bytes),
 //! the findings (never the values) and a block reason. A body it cannot inspect is a [`Refusal`], never forwarded.
 //!
-//! Cost: a single pass over the body; strings that are plain ASCII without
-//! escapes are scanned in place (no copy); a `RegexSet` pass decides which
-//! detector patterns to confirm. See `docs/redaction.md` for numbers.
+//! Cost: a single pass over the body; strings without escapes or characters
+//! NFKC would change are scanned in place (no copy); a trigger pass over byte
+//! masks finds the windows, and each window runs only the rules its shape or
+//! literals allow. See `docs/redaction.md` for numbers.
 //!
 //! Never panics on any input, and memory is bounded by `max_bytes` times a
 //! small constant (the decoded body, one normalised string and its offset map).
