@@ -208,6 +208,8 @@ fn digit_shapes_keep_every_detector() {
         ("call +1 (415) 555-2671 today", "PHONE"),
         ("office (415) 555-2671", "PHONE"),
         ("ring 020 7946 0958 now", "PHONE"),
+        ("appelez le 01 23 45 67 89", "PHONE"),
+        ("mobil 0151-2345 6789", "PHONE"),
         ("ssn 123-45-6789", "SSN"),
         ("SSN: 123456789", "SSN"),
         ("card 4111 1111 1111 1111", "CARD"),

@@ -47,7 +47,8 @@ pub(crate) mod shape {
     pub const E164: u16 = 1 << 3;
     /// Groups of 3, 3, 4 (`phone.nanp`).
     pub const NANP: u16 = 1 << 4;
-    /// A group starting with 0 and 9+ digits (`phone.national`).
+    /// A group `0[1-9]…` of 2–6 digits joined to a next group of 2–6 by one
+    /// space or dash, 9+ digits in all (`phone.national`).
     pub const NATIONAL: u16 = 1 << 5;
     /// Two capitals and two digits at or before the cluster (`iban`).
     pub const IBAN: u16 = 1 << 6;
@@ -327,18 +328,23 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
         let mut single_join = [false, false]; // ...and whether each was joined by one [ -]
         let mut joined_one = false; // current group joined to previous by one [ -]
         let mut run = 0usize; // digits in groups joined by one [ -]
+        let mut prev_trunk = false; // the group before could open a national number
         let close = |glen: usize,
                      gstart: usize,
                      joined_one: bool,
                      prev: &mut [usize; 2],
                      single_join: &mut [bool; 2],
+                     prev_trunk: &mut bool,
                      sh: &mut u16| {
             if glen == 9 {
                 *sh |= shape::NINE;
             }
-            if b[gstart] == b'0' {
+            // a national number: a group "0[1-9]…" of 2–6 digits, then one
+            // of 2–6 joined by a single space or dash
+            if *prev_trunk && joined_one && (2..=6).contains(&glen) {
                 *sh |= shape::NATIONAL;
             }
+            *prev_trunk = (2..=6).contains(&glen) && b[gstart] == b'0' && b[gstart + 1] != b'0';
             if prev == &[3, 2] && glen == 4 && single_join[1] && joined_one {
                 *sh |= shape::SSN_SEP;
             }
@@ -371,6 +377,7 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
                         joined_one,
                         &mut prev,
                         &mut single_join,
+                        &mut prev_trunk,
                         &mut sh,
                     );
                     run += glen;
@@ -400,6 +407,7 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
                 joined_one,
                 &mut prev,
                 &mut single_join,
+                &mut prev_trunk,
                 &mut sh,
             );
             run += glen;
