@@ -530,7 +530,7 @@ fn card(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
                 k += 1;
             }
             let ds = &d[..n];
-            if n >= 13 && luhn(ds) && card_iin_ok(ds) && isolated(text, s + a, s + k) {
+            if n >= 13 && card_iin_ok(ds) && luhn(ds) && isolated(text, s + a, s + k) {
                 best = Some((s + a, s + k));
             }
             while k < m.len() && !m[k].is_ascii_digit() {
