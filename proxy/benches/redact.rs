@@ -223,25 +223,24 @@ fn bench(c: &mut Criterion) {
     }
     // the baseline: what parsing the same bodies into a document and
     // writing them back costs (what any JSON-aware stage pays at least)
-    let mut g = c.benchmark_group("json_roundtrip");
-    for size in [16 * 1024, 64 * 1024] {
-        let b = body(size, Kind::Clean);
-        g.throughput(Throughput::Bytes(b.len() as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(size / 1024), &b, |bch, b| {
-            bch.iter(|| {
-                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
-                serde_json::to_vec(&v).unwrap()
-            })
-        });
-    }
-    g.finish();
+    per_body(c, "json_roundtrip", |b| {
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        serde_json::to_vec(&v).unwrap().len()
+    });
     // what the decision record's prompt hash costs on the same bodies
-    let mut g = c.benchmark_group("prompt_sha256");
+    per_body(c, "prompt_sha256", |b| {
+        airlock::redact::prompt_sha256(b).len()
+    });
+}
+
+/// Time `f` on the 16 and 64 KiB look-alike bodies, as group `name`.
+fn per_body(c: &mut Criterion, name: &str, f: impl Fn(&[u8]) -> usize) {
+    let mut g = c.benchmark_group(name);
     for size in [16 * 1024, 64 * 1024] {
         let b = body(size, Kind::Clean);
         g.throughput(Throughput::Bytes(b.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size / 1024), &b, |bch, b| {
-            bch.iter(|| airlock::redact::prompt_sha256(b))
+            bch.iter(|| f(b))
         });
     }
     g.finish();

@@ -127,6 +127,72 @@ fn push(v: &mut Vec<(usize, usize)>, w: (usize, usize)) {
     v.push(w);
 }
 
+/// Whether the byte at `k` (not a digit) is a separator that keeps a digit
+/// cluster going: at most two separator bytes, then a digit.
+#[inline]
+fn joins_next(b: &[u8], k: usize) -> bool {
+    matches!(b[k], b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+')
+        && (b.get(k + 1).is_some_and(u8::is_ascii_digit)
+            || (matches!(b.get(k + 1), Some(b' ' | b'(' | b')' | b'-'))
+                && b.get(k + 2).is_some_and(u8::is_ascii_digit)))
+}
+
+/// Builds a digit cluster's [`shape`] flags as its groups go by.
+#[derive(Default)]
+struct Shaper {
+    sh: u16,
+    /// Lengths of the two groups before the current one.
+    prev: [usize; 2],
+    /// Whether each of those was joined to its predecessor by one space or dash.
+    single_join: [bool; 2],
+    /// The current group is joined to the previous by one space or dash.
+    joined_one: bool,
+    /// Digits in the groups joined by single spaces or dashes so far.
+    run: usize,
+    /// The previous group could open a national number.
+    prev_trunk: bool,
+}
+
+impl Shaper {
+    /// A group of `glen` digits starting at `gstart` has ended.
+    fn group(&mut self, b: &[u8], gstart: usize, glen: usize) {
+        let sh = &mut self.sh;
+        if glen == 9 {
+            *sh |= shape::NINE;
+        }
+        // a national number: a group "0[1-9]…" of 2–6 digits, then one of
+        // 2–6 joined by a single space or dash
+        if self.prev_trunk && self.joined_one && (2..=6).contains(&glen) {
+            *sh |= shape::NATIONAL;
+        }
+        self.prev_trunk = (2..=6).contains(&glen) && b[gstart] == b'0' && b[gstart + 1] != b'0';
+        if self.prev == [3, 2] && glen == 4 && self.single_join[1] && self.joined_one {
+            *sh |= shape::SSN_SEP;
+        }
+        if self.prev == [3, 3] && glen == 4 {
+            *sh |= shape::NANP;
+        }
+        self.run += glen;
+        if self.run >= 13 {
+            *sh |= shape::CARD;
+        }
+        self.prev = [self.prev[1], glen];
+        self.single_join = [self.single_join[1], self.joined_one];
+    }
+
+    /// The separator at `k` keeps the cluster going.
+    fn separator(&mut self, b: &[u8], k: usize) {
+        let one = matches!(b[k], b' ' | b'-') && b.get(k + 1).is_some_and(u8::is_ascii_digit);
+        if !one {
+            self.run = 0;
+        }
+        if b[k] == b'+' || b.get(k + 1) == Some(&b'+') {
+            self.sh |= shape::E164;
+        }
+        self.joined_one = one;
+    }
+}
+
 /// Like [`push`], keeping each window's shape flags (ORed on merge).
 fn push_shaped(v: &mut Vec<(usize, usize)>, f: &mut Vec<u16>, w: (usize, usize), sh: u16) {
     if w.0 >= w.1 {
@@ -295,13 +361,7 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
         // walking the cluster, as the walk below would.
         if min_digits >= 7 && simd::count(&masks.digit, s, 19) < 7 {
             let run_end = simd::next_clear(&masks.digit, s).min(b.len());
-            // the walk's own rule for going on past a separator
-            let joined = b
-                .get(run_end)
-                .is_some_and(|c| matches!(c, b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+'))
-                && (b.get(run_end + 1).is_some_and(u8::is_ascii_digit)
-                    || (matches!(b.get(run_end + 1), Some(b' ' | b'(' | b')' | b'-'))
-                        && b.get(run_end + 2).is_some_and(u8::is_ascii_digit)));
+            let joined = run_end < b.len() && joins_next(b, run_end);
             let before = &b[s.saturating_sub(40)..s];
             let len = run_end - s;
             // alone, a run is a date only as a year or as six digits
@@ -320,42 +380,9 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
         let mut n = 0usize;
         let mut e = s;
         let mut k = s;
-        // shape: digit groups, and how each is joined to the previous
-        let mut sh = 0u16;
+        let mut shaper = Shaper::default();
         let mut glen = 0usize; // current group length
         let mut gstart = s;
-        let mut prev: [usize; 2] = [0, 0]; // lengths of the two groups before
-        let mut single_join = [false, false]; // ...and whether each was joined by one [ -]
-        let mut joined_one = false; // current group joined to previous by one [ -]
-        let mut run = 0usize; // digits in groups joined by one [ -]
-        let mut prev_trunk = false; // the group before could open a national number
-        let close = |glen: usize,
-                     gstart: usize,
-                     joined_one: bool,
-                     prev: &mut [usize; 2],
-                     single_join: &mut [bool; 2],
-                     prev_trunk: &mut bool,
-                     sh: &mut u16| {
-            if glen == 9 {
-                *sh |= shape::NINE;
-            }
-            // a national number: a group "0[1-9]…" of 2–6 digits, then one
-            // of 2–6 joined by a single space or dash
-            if *prev_trunk && joined_one && (2..=6).contains(&glen) {
-                *sh |= shape::NATIONAL;
-            }
-            *prev_trunk = (2..=6).contains(&glen) && b[gstart] == b'0' && b[gstart + 1] != b'0';
-            if prev == &[3, 2] && glen == 4 && single_join[1] && joined_one {
-                *sh |= shape::SSN_SEP;
-            }
-            if prev == &[3, 3] && glen == 4 {
-                *sh |= shape::NANP;
-            }
-            prev[0] = prev[1];
-            prev[1] = glen;
-            single_join[0] = single_join[1];
-            single_join[1] = joined_one;
-        };
         while k < b.len() {
             if b[k].is_ascii_digit() {
                 if glen == 0 {
@@ -365,35 +392,11 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
                 n += 1;
                 k += 1;
                 e = k;
-            } else if matches!(b[k], b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+')
-                && (b.get(k + 1).is_some_and(u8::is_ascii_digit)
-                    || (matches!(b.get(k + 1), Some(b' ' | b'(' | b')' | b'-'))
-                        && b.get(k + 2).is_some_and(u8::is_ascii_digit)))
-            {
+            } else if joins_next(b, k) {
                 if glen > 0 {
-                    close(
-                        glen,
-                        gstart,
-                        joined_one,
-                        &mut prev,
-                        &mut single_join,
-                        &mut prev_trunk,
-                        &mut sh,
-                    );
-                    run += glen;
-                    if run >= 13 {
-                        sh |= shape::CARD;
-                    }
+                    shaper.group(b, gstart, glen);
                 }
-                let one =
-                    matches!(b[k], b' ' | b'-') && b.get(k + 1).is_some_and(u8::is_ascii_digit);
-                if !one {
-                    run = 0;
-                }
-                if b[k] == b'+' || b.get(k + 1) == Some(&b'+') {
-                    sh |= shape::E164;
-                }
-                joined_one = one;
+                shaper.separator(b, k);
                 glen = 0;
                 k += 1;
             } else {
@@ -401,20 +404,9 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
             }
         }
         if glen > 0 {
-            close(
-                glen,
-                gstart,
-                joined_one,
-                &mut prev,
-                &mut single_join,
-                &mut prev_trunk,
-                &mut sh,
-            );
-            run += glen;
-            if run >= 13 {
-                sh |= shape::CARD;
-            }
+            shaper.group(b, gstart, glen);
         }
+        let mut sh = shaper.sh;
         // Which digit detectors could match here? SSNs need 9 digits,
         // national phones 9–10, cards 13; an international phone 8 after a
         // `+`; an IBAN starts with two capitals and two digits; a date of
