@@ -375,14 +375,16 @@ fn isolated_dots(text: &str, s: usize, e: usize) -> bool {
 }
 
 fn email_ok(m: &str) -> bool {
-    let Some((local, domain)) = m.rsplit_once('@') else {
+    let b = m.as_bytes();
+    let Some(at) = memchr::memrchr(b'@', b) else {
         return false;
     };
-    !local.starts_with('.')
-        && !local.ends_with('.')
-        && !local.contains("..")
+    let (local, domain) = (&b[..at], &b[at + 1..]);
+    local.first() != Some(&b'.')
+        && local.last() != Some(&b'.')
+        && !local.windows(2).any(|w| w == b"..")
         && domain.len() <= 253
-        && domain.contains('.')
+        && domain.contains(&b'.')
 }
 
 /// The digits of a candidate (values 0–9), kept on the stack: candidates
@@ -509,6 +511,10 @@ fn card_iin_ok(d: &[u8]) -> bool {
 /// space is still found.
 fn card(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let m = &text.as_bytes()[s..e];
+    // most candidates are short numbers (years, amounts, order numbers)
+    if m.iter().filter(|c| c.is_ascii_digit()).count() < 13 {
+        return None;
+    }
     // every run of whole digit groups, from each group start, up to 19 digits
     let mut a = 0;
     while a < m.len() {

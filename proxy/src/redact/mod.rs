@@ -17,6 +17,7 @@
 //! its byte-class masks and, with dictionaries, a lowercased copy).
 
 mod config;
+mod confirm;
 mod decode;
 mod detectors;
 mod json;
@@ -178,6 +179,8 @@ struct Rule {
     validator: Validator,
     /// Digit-cluster shapes this rule can match (see `trigger::shape`).
     need: u16,
+    /// A hand-written matcher returning what `re` would (built-ins only).
+    fast: Option<confirm::Matcher>,
 }
 
 /// The rules run behind one trigger class, with a set to pick among them
@@ -186,10 +189,9 @@ struct ClassRules {
     class: Class,
     set: Option<RegexSet>,
     rules: Vec<usize>,
-    /// When every rule of the class needs one of a few literals: an
-    /// automaton over them and, per pattern, the bit of the rule (index in
-    /// `rules`) it stands for. Cheaper than the set on short windows.
-    lits: Option<(AhoCorasick, Vec<u64>)>,
+    /// When every rule of the class starts with one of a few literals:
+    /// picks the rules to run by them. Cheaper than the set on short windows.
+    lits: Option<LitFilter>,
 }
 
 /// Compiled, immutable rule set; `Send + Sync`; built once per config (re)load.
@@ -350,6 +352,10 @@ impl Redactor {
             patterns.push(b.pattern.to_string());
             add(detectors::class_of(b.detector), rules.len());
             rules.push(Rule {
+                fast: group
+                    .is_none()
+                    .then(|| confirm::Matcher::for_rule(b.rule))
+                    .flatten(),
                 re,
                 group,
                 validator,
@@ -371,6 +377,7 @@ impl Redactor {
                 group,
                 validator: r.validator,
                 need: !0,
+                fast: None,
             });
             meta.push(Meta {
                 name: r.name.as_str().into(),
@@ -379,7 +386,7 @@ impl Redactor {
             });
         }
         for c in &mut classes {
-            c.lits = literal_filter(&c.rules, &meta);
+            c.lits = LitFilter::new(&c.rules, &meta);
             // digit windows pick their rules by the cluster's shape instead
             if c.lits.is_none()
                 && !matches!(c.class, Class::Always | Class::Digits)
@@ -550,7 +557,7 @@ impl Redactor {
         for c in &self.classes {
             if c.class == Class::Always {
                 for &i in &c.rules {
-                    self.run_rule(i, text, 0, text.len(), hits);
+                    self.run_rule(i, text, (0, text.len()), win.digit_mask(), hits);
                 }
                 continue;
             }
@@ -558,7 +565,7 @@ impl Redactor {
                 for (&(ws, we), &sh) in win.digits.iter().zip(&win.digit_shapes) {
                     for &i in &c.rules {
                         if self.rules.get(i).is_some_and(|r| r.need & sh != 0) {
-                            self.run_rule(i, text, ws, we, hits);
+                            self.run_rule(i, text, (ws, we), win.digit_mask(), hits);
                         }
                     }
                 }
@@ -568,16 +575,13 @@ impl Redactor {
                 let Some(window) = text.get(ws..we) else {
                     continue;
                 };
-                if let Some((ac, bits)) = &c.lits {
-                    let mut want = 0u64;
-                    for m in ac.find_overlapping_iter(window) {
-                        want |= bits.get(m.pattern().as_usize()).copied().unwrap_or(0);
-                    }
+                if let Some(lits) = &c.lits {
+                    let mut want = lits.rules_in(window.as_bytes());
                     while want != 0 {
                         let k = want.trailing_zeros() as usize;
                         want &= want - 1;
                         if let Some(&i) = c.rules.get(k) {
-                            self.run_rule(i, text, ws, we, hits);
+                            self.run_rule(i, text, (ws, we), win.digit_mask(), hits);
                         }
                     }
                     continue;
@@ -586,13 +590,13 @@ impl Redactor {
                     Some(set) => {
                         for k in set.matches(window).iter() {
                             if let Some(&i) = c.rules.get(k) {
-                                self.run_rule(i, text, ws, we, hits);
+                                self.run_rule(i, text, (ws, we), win.digit_mask(), hits);
                             }
                         }
                     }
                     None => {
                         for &i in &c.rules {
-                            self.run_rule(i, text, ws, we, hits);
+                            self.run_rule(i, text, (ws, we), win.digit_mask(), hits);
                         }
                     }
                 }
@@ -633,7 +637,14 @@ impl Redactor {
     }
 
     /// Run rule `i` over `text[ws..we]`, validating against the whole text.
-    fn run_rule(&self, i: usize, text: &str, ws: usize, we: usize, hits: &mut Vec<Hit>) {
+    fn run_rule(
+        &self,
+        i: usize,
+        text: &str,
+        (ws, we): (usize, usize),
+        digits: &[u64],
+        hits: &mut Vec<Hit>,
+    ) {
         let (Some(rule), Some(window)) = (self.rules.get(i), text.get(ws..we)) else {
             return;
         };
@@ -660,10 +671,13 @@ impl Redactor {
                 // right after what it kept, not after the whole match.
                 let mut at = 0usize;
                 while at <= window.len() {
-                    let Some(m) = rule.re.find_at(window, at) else {
+                    let found = match rule.fast {
+                        Some(f) => f.find_at(window.as_bytes(), at, Some((digits, ws))),
+                        None => rule.re.find_at(window, at).map(|m| (m.start(), m.end())),
+                    };
+                    let Some((ms, me)) = found else {
                         break;
                     };
-                    let (ms, me) = (m.start(), m.end());
                     let mut next = me;
                     if ms < me {
                         if let Some((s, e)) =
@@ -691,46 +705,105 @@ impl Redactor {
     }
 }
 
-/// Literals one of which every match of a built-in token rule contains
-/// (matched ASCII-case-insensitively, which only lets more windows through).
-fn rule_literals(rule: &str) -> Option<&'static [&'static str]> {
+/// Literals one of which every match of a built-in token rule has at a word
+/// start (`\b` before it, or `://` for the webhook), and whether the rule
+/// ignores ASCII case.
+fn rule_literals(rule: &str) -> Option<(&'static [&'static str], bool)> {
     Some(match rule {
-        "jwt" => &["eyJ"],
-        "aws_key.access_key_id" => &[
-            "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "AROA", "APKA",
-            "ASCA",
-        ],
-        "github.token" => &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
-        "gitlab.token" => &["glpat-", "gldt-", "glrt-", "glptt-", "glft-", "glsoat-"],
-        "slack.token" => &["xox"],
-        "slack.webhook" => &["hooks.slack.com/"],
-        "stripe.key" => &["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"],
-        "google_api_key" => &["AIza"],
-        "anthropic_key" => &["sk-ant-"],
-        "openai_key" => &["sk-"],
-        "bearer.token" => &["bearer"],
+        "jwt" => (&["eyJ"], false),
+        "aws_key.access_key_id" => (
+            &[
+                "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "AROA",
+                "APKA", "ASCA",
+            ],
+            false,
+        ),
+        "github.token" => (
+            &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+            false,
+        ),
+        "gitlab.token" => (
+            &["glpat-", "gldt-", "glrt-", "glptt-", "glft-", "glsoat-"],
+            false,
+        ),
+        "slack.token" => (&["xox"], false),
+        "slack.webhook" => (&["hooks.slack.com/"], false),
+        "stripe.key" => (
+            &["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"],
+            false,
+        ),
+        "google_api_key" => (&["AIza"], false),
+        "anthropic_key" => (&["sk-ant-"], false),
+        "openai_key" => (&["sk-"], false),
+        "bearer.token" => (&["bearer"], true),
         _ => return None,
     })
 }
 
-/// The literal prefilter of a class, if every one of its (at most 64) rules has literals.
-fn literal_filter(rules: &[usize], meta: &[Meta]) -> Option<(AhoCorasick, Vec<u64>)> {
-    if rules.len() > 64 {
-        return None;
-    }
-    let mut pats: Vec<&str> = Vec::new();
-    let mut bits = Vec::new();
-    for (k, &i) in rules.iter().enumerate() {
-        for l in rule_literals(&meta.get(i)?.name)? {
-            pats.push(l);
-            bits.push(1u64 << k);
+/// Which rules of a class to run in a window, from the literals they start
+/// with: every match of a token rule begins, at a word start, with one of
+/// its literals, so only word starts are looked at (a first-byte table,
+/// then a short compare). Cheaper than an automaton over windows this small.
+struct LitFilter {
+    /// Per byte: the rules (bit = index in the class's `rules`) one of
+    /// whose literals starts with it (either case for a rule that ignores
+    /// case).
+    first: Box<[u64; 256]>,
+    /// Per rule of the class: its literals, and whether case is ignored.
+    lits: Vec<(&'static [&'static str], bool)>,
+}
+
+impl LitFilter {
+    /// The prefilter of a class, if every one of its (at most 64) rules has literals.
+    fn new(rules: &[usize], meta: &[Meta]) -> Option<LitFilter> {
+        if rules.len() > 64 {
+            return None;
         }
+        let mut first = Box::new([0u64; 256]);
+        let mut lits = Vec::new();
+        for (k, &i) in rules.iter().enumerate() {
+            let (l, any_case) = rule_literals(&meta.get(i)?.name)?;
+            for x in l {
+                let c = *x.as_bytes().first()?;
+                first[usize::from(c)] |= 1 << k;
+                if any_case {
+                    first[usize::from(c.to_ascii_lowercase())] |= 1 << k;
+                    first[usize::from(c.to_ascii_uppercase())] |= 1 << k;
+                }
+            }
+            lits.push((l, any_case));
+        }
+        Some(LitFilter { first, lits })
     }
-    let ac = AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(&pats)
-        .ok()?;
-    Some((ac, bits))
+
+    /// The rules one of whose literals starts a word of `w` (the window's
+    /// start counts as a word start, as for the regex).
+    fn rules_in(&self, w: &[u8]) -> u64 {
+        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let mut want = 0u64;
+        for (p, &c) in w.iter().enumerate() {
+            let mut cand = self.first[usize::from(c)] & !want;
+            if cand == 0 || (p > 0 && word(w[p - 1])) {
+                continue;
+            }
+            let rest = &w[p..];
+            while cand != 0 {
+                let k = cand.trailing_zeros() as usize;
+                cand &= cand - 1;
+                let hit = self.lits.get(k).is_some_and(|&(l, any_case)| {
+                    l.iter().any(|x| match rest.get(..x.len()) {
+                        Some(r) if any_case => r.eq_ignore_ascii_case(x.as_bytes()),
+                        Some(r) => r == x.as_bytes(),
+                        None => false,
+                    })
+                });
+                if hit {
+                    want |= 1 << k;
+                }
+            }
+        }
+        want
+    }
 }
 
 fn compile(p: &str) -> Result<Regex, regex::Error> {
@@ -985,7 +1058,7 @@ impl Scan<'_, '_> {
         }
         // Resolve overlaps in one sweep by start: of two overlapping hits keep
         // the enforcing one, then the longer, then the earlier rule.
-        hits.sort_by_key(|h| (h.s, h.meta));
+        hits.sort_unstable_by_key(|h| (h.s, h.meta, h.e));
         let better = |a: &Hit, b: &Hit| {
             (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
                 > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))

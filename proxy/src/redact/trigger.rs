@@ -237,6 +237,11 @@ impl Windows {
         }
     }
 
+    /// The digit mask of the string last passed to [`find`].
+    pub fn digit_mask(&self) -> &[u64] {
+        &self.masks.digit
+    }
+
     fn clear(&mut self) {
         self.email.clear();
         self.assign.clear();
