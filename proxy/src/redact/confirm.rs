@@ -528,9 +528,25 @@ mod tests {
 
     /// Every start position: the matcher and the pattern agree.
     fn agree(rule: &str, h: &str) -> Result<(), TestCaseError> {
+        // compiled once per rule and thread: a debug-build regex compile
+        // costs more than the comparisons
+        thread_local! {
+            static RES: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+                std::cell::RefCell::new(std::collections::HashMap::new());
+        }
+        let re = RES.with(|m| {
+            m.borrow_mut()
+                .entry(rule.to_string())
+                .or_insert_with(|| regex_of(rule))
+                .clone()
+        });
         let m = Matcher::for_rule(rule).unwrap();
-        let re = regex_of(rule);
-        let mut masks = simd::Masks::default();
+        // `h` inside longer texts, for the digit-mask path
+        let after = format!("{h} 12");
+        let before = format!("7 {h}");
+        let (mut ma, mut mb) = (simd::Masks::default(), simd::Masks::default());
+        ma.fill(after.as_bytes());
+        mb.fill(before.as_bytes());
         for at in 0..=h.len() {
             if !h.is_char_boundary(at) {
                 continue;
@@ -538,14 +554,9 @@ mod tests {
             let want = re.find_at(h, at).map(|x| (x.start(), x.end()));
             let got = m.find_at(h.as_bytes(), at, None);
             prop_assert_eq!(got, want, "rule {} on {:?} from {}", rule, h, at);
-            // and through the digit mask, with `h` inside a longer text
-            let text = format!("{h} 12");
-            masks.fill(text.as_bytes());
-            let got = m.find_at(&text.as_bytes()[..h.len()], at, Some((&masks.digit, 0)));
+            let got = m.find_at(&after.as_bytes()[..h.len()], at, Some((&ma.digit, 0)));
             prop_assert_eq!(got, want, "rule {} on {:?} from {} (mask)", rule, h, at);
-            let text = format!("7 {h}");
-            masks.fill(text.as_bytes());
-            let got = m.find_at(&text.as_bytes()[2..], at, Some((&masks.digit, 2)));
+            let got = m.find_at(&before.as_bytes()[2..], at, Some((&mb.digit, 2)));
             prop_assert_eq!(
                 got,
                 want,
