@@ -326,7 +326,6 @@ impl Redactor {
         };
         let mut patterns: Vec<String> = Vec::new();
         let mut secret_key = None;
-        let default = cfg.default_action.unwrap_or(Action::Mask);
         for b in detectors::builtins() {
             let dc = cfg.detectors.iter().find(|d| d.id == b.detector);
             if !dc.and_then(|d| d.enabled).unwrap_or(b.enabled) {
@@ -451,7 +450,6 @@ impl Redactor {
             });
             (meta.len() - 1, floor)
         });
-        let _ = default;
         let min_digits = if meta.iter().any(|m| &*m.kind == "IPV4") {
             4
         } else {
@@ -609,7 +607,7 @@ impl Redactor {
             lower.extend_from_slice(b);
             lower.make_ascii_lowercase();
             let mut push = |s: usize, e: usize, pattern: usize| {
-                if word_edge(text, b, s, true) && word_edge(text, b, e, false) {
+                if word_edge(text, s, true) && word_edge(text, e, false) {
                     if let Some(&mi) = self.dict_meta.get(pattern) {
                         hits.push(Hit {
                             s,
@@ -622,7 +620,7 @@ impl Redactor {
             };
             for m in d.longest.find_iter(&lower[..]) {
                 let (s, e) = (m.start(), m.end());
-                if word_edge(text, b, s, true) && word_edge(text, b, e, false) {
+                if word_edge(text, s, true) && word_edge(text, e, false) {
                     push(s, e, m.pattern().as_usize());
                     continue;
                 }
@@ -814,13 +812,12 @@ fn compile(p: &str) -> Result<Regex, regex::Error> {
 }
 
 /// Whether `i` is a word boundary in `text` (ASCII and Unicode alphanumerics count as word).
-fn word_edge(text: &str, b: &[u8], i: usize, start: bool) -> bool {
+fn word_edge(text: &str, i: usize, start: bool) -> bool {
     let c = if start {
         text.get(..i).and_then(|t| t.chars().next_back())
     } else {
         text.get(i..).and_then(|t| t.chars().next())
     };
-    let _ = b;
     !c.is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
@@ -941,7 +938,7 @@ struct Scan<'r, 'b> {
 impl Scan<'_, '_> {
     fn text_body(&mut self) {
         let len = self.body.len();
-        self.leaf(0, len, false, false, &[], false);
+        self.leaf(0, len, false, false, &[]);
     }
 
     /// Base64 media (images, audio, PDFs as data URLs or `source.data`) is
@@ -968,15 +965,7 @@ impl Scan<'_, '_> {
     }
 
     /// Scan one string (`start..end` raw content) and record its findings.
-    fn leaf(
-        &mut self,
-        start: usize,
-        end: usize,
-        json: bool,
-        is_key: bool,
-        path: &[Seg],
-        _esc: bool,
-    ) -> bool {
+    fn leaf(&mut self, start: usize, end: usize, json: bool, is_key: bool, path: &[Seg]) -> bool {
         let body = self.body;
         let Some(raw) = body.get(start..end) else {
             return false;
@@ -1127,11 +1116,11 @@ impl json::Visitor for Scan<'_, '_> {
         &mut self,
         start: usize,
         end: usize,
-        escaped: bool,
+        _escaped: bool,
         is_key: bool,
         path: &[Seg],
     ) -> bool {
-        self.leaf(start, end, true, is_key, path, escaped)
+        self.leaf(start, end, true, is_key, path)
     }
 }
 
