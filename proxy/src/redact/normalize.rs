@@ -14,7 +14,7 @@
 
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-use super::simd::next_escape_or_high;
+use super::simd::next_norm_stop;
 
 /// A stretch of normalised text and the raw bytes it came from. An identity
 /// segment maps byte for byte; any other is one unit (an escape, a changed
@@ -139,7 +139,7 @@ pub(crate) fn needs_normalizing(raw: &str) -> bool {
     let b = raw.as_bytes();
     let mut i = 0;
     loop {
-        i = next_escape_or_high(b, i);
+        i = next_norm_stop(b, i);
         if i >= b.len() {
             return false;
         }
@@ -200,7 +200,7 @@ pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
     let mut run = 0usize;
     let mut i = 0usize;
     loop {
-        i = next_escape_or_high(b, i);
+        i = next_norm_stop(b, i);
         if i >= b.len() {
             break;
         }
@@ -281,5 +281,32 @@ fn escape_at(b: &[u8], i: usize, json: bool) -> (char, usize) {
             },
             None => ('\\', i + 1),
         }
+    }
+}
+
+#[cfg(test)]
+mod lead_tests {
+    use super::*;
+    use crate::redact::simd::{stable_lead, stable_punct};
+
+    /// What `nfkc_stable` answers, without its shortcuts.
+    fn slow(c: char) -> bool {
+        !is_ignorable(c) && is_nfkc_quick(std::iter::once(c)) != IsNormalized::No
+    }
+
+    #[test]
+    fn characters_the_scan_skips_are_stable() {
+        let mut checked = 0;
+        for c in (0x80..=0x10FFFFu32).filter_map(char::from_u32) {
+            let mut buf = [0u8; 4];
+            let b = c.encode_utf8(&mut buf).as_bytes();
+            let skipped = stable_lead(b[0]) || (b[0] == 0xE2 && b[1] == 0x80 && stable_punct(b[2]));
+            if skipped {
+                assert!(slow(c), "U+{:04X} is skipped but not stable", c as u32);
+                assert!(nfkc_stable(c), "U+{:04X}", c as u32);
+                checked += 1;
+            }
+        }
+        assert!(checked > 30_000, "{checked}");
     }
 }

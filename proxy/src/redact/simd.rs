@@ -154,11 +154,54 @@ pub(crate) fn next_string_special(b: &[u8], i: usize) -> usize {
     )
 }
 
-/// Index of the first byte at or after `i` that is a backslash or not
-/// ASCII (where normalisation has work to do), or `b.len()`.
+/// Lead bytes whose every character NFKC leaves as it is and that are not
+/// default-ignorable: Latin-1 letters (`C3`), Cyrillic (`D0`–`D4`), CJK
+/// ideographs (`E4`–`E9`), Hangul syllables (`EB`–`ED`). Checked against
+/// the normaliser over every code point in a test.
 #[inline]
-pub(crate) fn next_escape_or_high(b: &[u8], i: usize) -> usize {
-    scan(b, i, |c| c == b'\\' || c >= 0x80, sse2::escape_or_high)
+pub(crate) fn stable_lead(x: u8) -> bool {
+    matches!(x, 0xC3 | 0xD0..=0xD4 | 0xE4..=0xE9 | 0xEB..=0xED)
+}
+
+/// Third bytes of `E2 80 xx` (U+2010–U+201F) that NFKC keeps: dashes and
+/// typographic quotes, the non-ASCII punctuation most prose has.
+#[inline]
+pub(crate) fn stable_punct(y: u8) -> bool {
+    matches!(y, 0x90 | 0x92..=0x96 | 0x98..=0x9F)
+}
+
+/// Whether the normaliser must look at the byte at `k` (a character
+/// start): a backslash, or the first byte of a non-ASCII character not
+/// known from its bytes to be one NFKC keeps.
+#[inline]
+pub(crate) fn norm_stop_at(b: &[u8], k: usize) -> bool {
+    let x = b[k];
+    x == b'\\'
+        || (x >= 0xC0
+            && !stable_lead(x)
+            && !(x == 0xE2
+                && b.get(k + 1) == Some(&0x80)
+                && b.get(k + 2).copied().is_some_and(stable_punct)))
+}
+
+/// Index of the first byte at or after `i` (a character start) where
+/// normalisation may have work ([`norm_stop_at`]), or `b.len()`. Accented
+/// Latin letters, Cyrillic, CJK, dashes and typographic quotes go by
+/// without a stop.
+#[inline]
+pub(crate) fn next_norm_stop(b: &[u8], mut i: usize) -> usize {
+    // 16 positions per step; the two bytes after them are read for `E2 80 xx`
+    while let Some(a) = b.get(i..i + 18).and_then(|c| <&[u8; 18]>::try_from(c).ok()) {
+        let m = sse2::norm_stop(a);
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    while i < b.len() && !norm_stop_at(b, i) {
+        i += 1;
+    }
+    i.min(b.len())
 }
 
 #[inline]
@@ -246,9 +289,27 @@ mod sse2 {
 
     #[inline]
     #[target_feature(enable = "sse2")]
-    fn escape_or_high_sse2(a: &[u8; 16]) -> u32 {
-        let x = load(a);
-        bits(_mm_or_si128(eq(x, b'\\'), x))
+    fn norm_stop_sse2(a: &[u8; 18]) -> u32 {
+        // SAFETY: `a` has 18 readable bytes; each load reads 16 from 0, 1, 2.
+        let (x, x1, x2) = unsafe {
+            (
+                _mm_loadu_si128(a.as_ptr().cast()),
+                _mm_loadu_si128(a.as_ptr().add(1).cast()),
+                _mm_loadu_si128(a.as_ptr().add(2).cast()),
+            )
+        };
+        let lead = in_range(x, 0xC0, 0x3F);
+        let stable = _mm_or_si128(
+            _mm_or_si128(eq(x, 0xC3), in_range(x, 0xD0, 4)),
+            _mm_or_si128(in_range(x, 0xE4, 5), in_range(x, 0xEB, 2)),
+        );
+        let punct3 = _mm_andnot_si128(
+            _mm_or_si128(eq(x2, 0x91), eq(x2, 0x97)),
+            in_range(x2, 0x90, 15),
+        );
+        let punct = _mm_and_si128(_mm_and_si128(eq(x, 0xE2), eq(x1, 0x80)), punct3);
+        let stop = _mm_andnot_si128(_mm_or_si128(stable, punct), lead);
+        bits(_mm_or_si128(eq(x, b'\\'), stop))
     }
 
     #[inline]
@@ -289,9 +350,9 @@ mod sse2 {
     }
 
     #[inline]
-    pub(super) fn escape_or_high(a: &[u8; 16]) -> u32 {
+    pub(super) fn norm_stop(a: &[u8; 18]) -> u32 {
         // SAFETY: as above.
-        unsafe { escape_or_high_sse2(a) }
+        unsafe { norm_stop_sse2(a) }
     }
 
     #[inline]
@@ -330,8 +391,8 @@ mod sse2 {
         mask(a, |c| c == b'"' || c == b'\\' || c < 0x20)
     }
 
-    pub(super) fn escape_or_high(a: &[u8; 16]) -> u32 {
-        mask(a, |c| c == b'\\' || c >= 0x80)
+    pub(super) fn norm_stop(a: &[u8; 18]) -> u32 {
+        (0..16).fold(0, |m, i| m | (u32::from(super::norm_stop_at(a, i)) << i))
     }
 
     pub(super) fn hex(a: &[u8; 16]) -> (u32, u32) {
@@ -384,11 +445,30 @@ mod tests {
                 .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
                 .unwrap_or(b.len());
             assert_eq!(next_string_special(&b, i), want);
-            let want = (i..b.len())
-                .find(|&k| b[k] == b'\\' || b[k] >= 0x80)
-                .unwrap_or(b.len());
-            assert_eq!(next_escape_or_high(&b, i), want);
         }
+    }
+
+    #[test]
+    fn norm_stops_agree_with_per_byte_check() {
+        // every lead byte, and `E2 80 xx` for every xx, in all 16 lanes
+        let mut b: Vec<u8> = Vec::new();
+        for x in 0x80..=0xFFu8 {
+            b.extend_from_slice(&[b'a', 0xE2, 0x80, x, x, 0x80, b'\\', b' ']);
+        }
+        for shift in 0..17 {
+            let s = &b[shift..];
+            for i in 0..s.len() {
+                let want = (i..s.len())
+                    .find(|&k| norm_stop_at(s, k))
+                    .unwrap_or(s.len());
+                assert_eq!(next_norm_stop(s, i), want, "shift {shift} at {i}");
+            }
+        }
+        let t = "café “naïve” résumé — it’s Привет 中文 서울";
+        assert_eq!(next_norm_stop(t.as_bytes(), 0), t.len());
+        let u = "ﬁle 4１１1 a\\n";
+        assert_eq!(next_norm_stop(u.as_bytes(), 0), 0);
+        assert_eq!(next_norm_stop(u.as_bytes(), 3), u.find('１').unwrap());
     }
 
     #[test]
