@@ -25,6 +25,7 @@ mod normalize;
 mod simd;
 mod trigger;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -498,6 +499,8 @@ impl Redactor {
                 )))
             }
         };
+        let mut scratch = SCRATCH.with(Cell::take).unwrap_or_default();
+        scratch.repl.clear();
         let mut scan = Scan {
             r: self,
             body: input,
@@ -506,27 +509,31 @@ impl Redactor {
             overrides: req.overrides,
             app_key: None,
             findings: Vec::new(),
-            repl: Vec::new(),
+            repl: std::mem::take(&mut scratch.repl),
             blocked: None,
-            norm: Norm::default(),
-            hits: Vec::new(),
-            win: Windows::default(),
+            norm: std::mem::take(&mut scratch.norm),
+            hits: std::mem::take(&mut scratch.hits),
+            win: std::mem::take(&mut scratch.win),
         };
-        if json {
+        let walked = if json {
             json::walk(input, &mut scan).map_err(|e| match e {
                 json::JsonError::Syntax(m) => Refusal::BadJson(m),
                 json::JsonError::Duplicate(m) => Refusal::DuplicateKey(m),
-            })?;
+            })
         } else {
             scan.text_body();
-        }
+            Ok(())
+        };
         let Scan {
             findings,
             mut repl,
             blocked,
+            norm,
+            hits,
+            win,
             ..
         } = scan;
-        let body = if blocked.is_some() || repl.is_empty() {
+        let body = if walked.is_err() || blocked.is_some() || repl.is_empty() {
             None
         } else {
             repl.sort_by_key(|r| r.0);
@@ -540,6 +547,13 @@ impl Redactor {
             out.extend_from_slice(input.get(at..).unwrap_or_default());
             Some(out)
         };
+        // keep the buffers for this thread's next request, unless a large
+        // body grew them (they would hold that memory for good)
+        if input.len() <= SCRATCH_KEEP {
+            (scratch.norm, scratch.hits, scratch.win, scratch.repl) = (norm, hits, win, repl);
+            SCRATCH.with(|c| c.set(Some(scratch)));
+        }
+        walked?;
         Ok(Outcome {
             decompressed: body.is_some() && decoded.is_some(),
             body,
@@ -703,6 +717,25 @@ impl Redactor {
     }
 }
 
+/// Buffers a scan fills and empties (normalised text, masks, windows,
+/// candidate hits, replacements), kept per thread between requests: grown
+/// from empty on every request they cost a dozen reallocations each time.
+#[derive(Default)]
+struct Scratch {
+    norm: Norm,
+    hits: Vec<Hit>,
+    win: Windows,
+    repl: Vec<(usize, usize, Token)>,
+}
+
+/// Largest body whose buffers are kept for the next request (bigger ones
+/// are rare; their buffers are freed).
+const SCRATCH_KEEP: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: Cell<Option<Box<Scratch>>> = const { Cell::new(None) };
+}
+
 /// Literals one of which every match of a built-in token rule has at a word
 /// start (`\b` before it, or `://` for the webhook), and whether the rule
 /// ignores ASCII case.
@@ -747,8 +780,65 @@ struct LitFilter {
     /// whose literals starts with it (either case for a rule that ignores
     /// case).
     first: Box<[u64; 256]>,
-    /// Per rule of the class: its literals, and whether case is ignored.
-    lits: Vec<(&'static [&'static str], bool)>,
+    /// Per rule of the class: its literals.
+    lits: Vec<Vec<Lit>>,
+}
+
+/// One literal, its first 8 bytes as a word to compare in one step (a
+/// slice compare here was a `memcmp` call per word start).
+struct Lit {
+    /// The first (up to) 8 bytes, little-endian, lowercase when `fold`.
+    head: u64,
+    /// Which bytes of `head` are the literal's.
+    mask: u64,
+    /// Bits ORed into the text's word first: 0x20 on the literal's letters
+    /// when the rule ignores ASCII case.
+    fold: u64,
+    /// The bytes after the first 8.
+    tail: &'static [u8],
+    any_case: bool,
+    text: &'static [u8],
+}
+
+impl Lit {
+    fn new(text: &'static str, any_case: bool) -> Lit {
+        let b = text.as_bytes();
+        let (mut head, mut mask, mut fold) = (0u64, 0u64, 0u64);
+        for (k, &c) in b.iter().take(8).enumerate() {
+            let c = if any_case { c.to_ascii_lowercase() } else { c };
+            head |= u64::from(c) << (8 * k);
+            mask |= 0xFF << (8 * k);
+            if any_case && c.is_ascii_alphabetic() {
+                fold |= 0x20 << (8 * k);
+            }
+        }
+        Lit {
+            head,
+            mask,
+            fold,
+            tail: b.get(8..).unwrap_or_default(),
+            any_case,
+            text: b,
+        }
+    }
+
+    /// Whether `rest` starts with the literal.
+    #[inline]
+    fn starts(&self, rest: &[u8]) -> bool {
+        match rest.get(..8) {
+            Some(w) => {
+                let x = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+                (x | self.fold) & self.mask == self.head
+                    && (self.tail.is_empty() || rest.get(8..8 + self.tail.len()) == Some(self.tail))
+            }
+            // fewer than 8 bytes left in the window
+            None => match rest.get(..self.text.len()) {
+                Some(r) if self.any_case => r.eq_ignore_ascii_case(self.text),
+                Some(r) => r == self.text,
+                None => false,
+            },
+        }
+    }
 }
 
 impl LitFilter {
@@ -769,7 +859,7 @@ impl LitFilter {
                     first[usize::from(c.to_ascii_uppercase())] |= 1 << k;
                 }
             }
-            lits.push((l, any_case));
+            lits.push(l.iter().map(|x| Lit::new(x, any_case)).collect());
         }
         Some(LitFilter { first, lits })
     }
@@ -788,14 +878,11 @@ impl LitFilter {
             while cand != 0 {
                 let k = cand.trailing_zeros() as usize;
                 cand &= cand - 1;
-                let hit = self.lits.get(k).is_some_and(|&(l, any_case)| {
-                    l.iter().any(|x| match rest.get(..x.len()) {
-                        Some(r) if any_case => r.eq_ignore_ascii_case(x.as_bytes()),
-                        Some(r) => r == x.as_bytes(),
-                        None => false,
-                    })
-                });
-                if hit {
+                if self
+                    .lits
+                    .get(k)
+                    .is_some_and(|l| l.iter().any(|x| x.starts(rest)))
+                {
                     want |= 1 << k;
                 }
             }
@@ -1052,23 +1139,31 @@ impl Scan<'_, '_> {
             (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
                 > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
         };
-        let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
-        for h in hits.iter() {
-            match kept.last_mut() {
+        // kept hits are compacted to the front of `hits`
+        let mut n = 0usize;
+        for k in 0..hits.len() {
+            let h = hits[k];
+            match n.checked_sub(1).map(|l| hits[l]) {
                 Some(last) if h.s < last.e => {
-                    if better(h, last) {
-                        *last = *h;
+                    if better(&h, &last) {
+                        hits[n - 1] = h;
                     }
                 }
-                _ => kept.push(*h),
+                _ => {
+                    hits[n] = h;
+                    n += 1;
+                }
             }
         }
+        let kept = &hits[..n];
+        self.findings.reserve(kept.len());
+        self.repl.reserve(kept.len());
         let mut p = json::render_path(self.body, path);
         if is_key {
             p.push_str("{key}");
         }
         let p: Arc<str> = p.into();
-        for h in kept {
+        for &h in kept {
             let Some(m) = self.r.meta.get(h.meta) else {
                 continue;
             };

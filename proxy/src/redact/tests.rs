@@ -270,3 +270,57 @@ fn dictionary_case_and_word_edges() {
     );
     assert_eq!(masked("acmecorp and Acme2"), "acmecorp and Acme2");
 }
+
+#[test]
+fn literal_words_compare_like_slices() {
+    let names = [
+        "jwt",
+        "aws_key.access_key_id",
+        "github.token",
+        "gitlab.token",
+        "slack.token",
+        "slack.webhook",
+        "stripe.key",
+        "google_api_key",
+        "anthropic_key",
+        "openai_key",
+        "bearer.token",
+    ];
+    let mut checked = 0;
+    for name in names {
+        let (lits, any_case) = rule_literals(name).expect("built-in token rule");
+        for &l in lits {
+            let lit = Lit::new(l, any_case);
+            let mut inputs: Vec<Vec<u8>> = Vec::new();
+            for suffix in ["", "x", "0123456789abcdef"] {
+                let base = format!("{l}{suffix}").into_bytes();
+                inputs.push(base.clone());
+                inputs.push(base.to_ascii_uppercase());
+                inputs.push(base.to_ascii_lowercase());
+                for k in 0..base.len() {
+                    let mut m = base.clone();
+                    m[k] ^= 0x20;
+                    inputs.push(m.clone());
+                    m[k] ^= 0x21;
+                    inputs.push(m);
+                    inputs.push(base[..k].to_vec());
+                }
+            }
+            for x in &inputs {
+                let want = match x.get(..l.len()) {
+                    Some(h) if any_case => h.eq_ignore_ascii_case(l.as_bytes()),
+                    Some(h) => h == l.as_bytes(),
+                    None => false,
+                };
+                assert_eq!(
+                    lit.starts(x),
+                    want,
+                    "{l:?} vs {:?}",
+                    String::from_utf8_lossy(x)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 2000, "{checked}");
+}

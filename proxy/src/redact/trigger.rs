@@ -382,35 +382,28 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
                 continue;
             }
         }
+        // Walk the cluster a group of digits at a time (its end from the
+        // mask), then the one or two separator bytes to the next group.
         let mut n = 0usize;
-        let mut e = s;
-        let mut k = s;
+        let mut groups = 0usize;
         let mut shaper = Shaper::default();
-        let mut glen = 0usize; // current group length
-        let mut gstart = s;
-        while k < b.len() {
-            if b[k].is_ascii_digit() {
-                if glen == 0 {
-                    gstart = k;
-                }
-                glen += 1;
-                n += 1;
-                k += 1;
-                e = k;
-            } else if joins_next(b, k) {
-                if glen > 0 {
-                    shaper.group(b, gstart, glen);
-                }
-                shaper.separator(b, k);
-                glen = 0;
-                k += 1;
-            } else {
-                break;
+        let mut k = s;
+        let e = loop {
+            let gend = simd::next_clear(&masks.digit, k).min(b.len());
+            shaper.group(b, k, gend - k);
+            n += gend - k;
+            groups += 1;
+            if gend >= b.len() || !joins_next(b, gend) {
+                break gend;
             }
-        }
-        if glen > 0 {
-            shaper.group(b, gstart, glen);
-        }
+            shaper.separator(b, gend);
+            k = gend + 1;
+            if !b[k].is_ascii_digit() {
+                // a second separator byte (`) ` in `(415) 555`)
+                shaper.separator(b, k);
+                k += 1;
+            }
+        };
         let mut sh = shaper.sh;
         // Which digit detectors could match here? SSNs need 9 digits,
         // national phones 9–10, cards 13; an international phone 8 after a
@@ -422,7 +415,7 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
             i = e.max(s + 1);
             continue;
         }
-        let single = b[s..e].iter().all(u8::is_ascii_digit);
+        let single = groups == 1;
         let glued = single
             && ((s > 0 && b[s - 1].is_ascii_alphabetic())
                 || b.get(e).is_some_and(u8::is_ascii_alphabetic));
