@@ -246,8 +246,25 @@ impl Matcher {
         }
     }
 
-    /// End of the match starting at `p` (a possible start), if any.
-    fn match_at(self, h: &[u8], p: usize) -> Option<usize> {
+    /// The strings every match starts with, for the matchers whose matches
+    /// begin at a word start with their rule's literal (`trigger` finds
+    /// those positions already): JWTs and the prefixed tokens.
+    pub(crate) fn literal_starts(self) -> Option<Vec<&'static [u8]>> {
+        match self {
+            Matcher::Jwt => Some(vec![b"eyJ".as_slice()]),
+            Matcher::Prefixed(alts) => Some(
+                alts.iter()
+                    .flat_map(|a| a.prefixes.iter().copied())
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// End of the match starting at `p`, if any. `p` must be a possible
+    /// start: at a word start, and for the digit-led patterns after the
+    /// checks [`Matcher::find_at`] makes.
+    pub(crate) fn match_at(self, h: &[u8], p: usize) -> Option<usize> {
         match self {
             Matcher::Card => card(h, p),
             Matcher::SsnSeparated => ssn(h, p),

@@ -566,6 +566,7 @@ impl Redactor {
     /// with spans in `text`.
     fn scan_text(&self, text: &str, win: &mut Windows, hits: &mut Vec<Hit>) {
         trigger::find(text, self.min_digits, win);
+        let mut lit_at = std::mem::take(&mut win.lit_at);
         for c in &self.classes {
             if c.class == Class::Always {
                 for &i in &c.rules {
@@ -588,12 +589,26 @@ impl Redactor {
                     continue;
                 };
                 if let Some(lits) = &c.lits {
-                    let mut want = lits.rules_in(window.as_bytes());
+                    let mut want = lits.rules_in(window.as_bytes(), &mut lit_at);
                     while want != 0 {
                         let k = want.trailing_zeros() as usize;
                         want &= want - 1;
-                        if let Some(&i) = c.rules.get(k) {
-                            self.run_rule(i, text, (ws, we), win.digit_mask(), hits);
+                        let Some(&i) = c.rules.get(k) else {
+                            continue;
+                        };
+                        // a matcher whose matches start at the literals: try
+                        // only there rather than at every byte of the window
+                        match self
+                            .rules
+                            .get(i)
+                            .and_then(|r| r.fast)
+                            .filter(|f| f.literal_starts().is_some())
+                        {
+                            Some(f) => {
+                                let at = lit_at.iter().filter(|x| x.1 == k).map(|x| x.0);
+                                self.run_at(i, f, text, (ws, we), at, hits);
+                            }
+                            None => self.run_rule(i, text, (ws, we), win.digit_mask(), hits),
                         }
                     }
                     continue;
@@ -614,6 +629,7 @@ impl Redactor {
                 }
             }
         }
+        win.lit_at = lit_at;
         if let Some(d) = &self.dict {
             let b = text.as_bytes();
             let lower = &mut win.lower;
@@ -713,6 +729,52 @@ impl Redactor {
                     at = next;
                 }
             }
+        }
+    }
+}
+
+impl Redactor {
+    /// [`Redactor::run_rule`] for a matcher whose matches all start at its
+    /// rule's literals: `starts` are the positions (in the window, rising)
+    /// where [`LitFilter`] found them, at word starts. The leftmost match
+    /// from any point is the first of those where the matcher matches, so
+    /// this finds what the whole-window search finds.
+    fn run_at(
+        &self,
+        i: usize,
+        f: confirm::Matcher,
+        text: &str,
+        (ws, we): (usize, usize),
+        starts: impl Iterator<Item = usize>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let (Some(rule), Some(window)) = (self.rules.get(i), text.get(ws..we)) else {
+            return;
+        };
+        let mut at = 0usize;
+        for ms in starts {
+            if ms < at {
+                continue;
+            }
+            let Some(me) = f.match_at(window.as_bytes(), ms) else {
+                continue;
+            };
+            // as in `run_rule`: after a narrowed match, search on from its end
+            let mut next = me;
+            if ms < me {
+                if let Some((s, e)) = detectors::validate(rule.validator, text, ws + ms, ws + me) {
+                    hits.push(Hit {
+                        s,
+                        e,
+                        meta: i,
+                        action: Action::Mask,
+                    });
+                    if e - ws < me {
+                        next = e - ws;
+                    }
+                }
+            }
+            at = next.max(ms + 1);
         }
     }
 }
@@ -865,12 +927,14 @@ impl LitFilter {
     }
 
     /// The rules one of whose literals starts a word of `w` (the window's
-    /// start counts as a word start, as for the regex).
-    fn rules_in(&self, w: &[u8]) -> u64 {
+    /// start counts as a word start, as for the regex); `at` gets each
+    /// (position, rule) found, by position.
+    fn rules_in(&self, w: &[u8], at: &mut Vec<(usize, usize)>) -> u64 {
         let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
         let mut want = 0u64;
+        at.clear();
         for (p, &c) in w.iter().enumerate() {
-            let mut cand = self.first[usize::from(c)] & !want;
+            let mut cand = self.first[usize::from(c)];
             if cand == 0 || (p > 0 && word(w[p - 1])) {
                 continue;
             }
@@ -884,6 +948,7 @@ impl LitFilter {
                     .is_some_and(|l| l.iter().any(|x| x.starts(rest)))
                 {
                     want |= 1 << k;
+                    at.push((p, k));
                 }
             }
         }

@@ -324,3 +324,110 @@ fn literal_words_compare_like_slices() {
     }
     assert!(checked > 2000, "{checked}");
 }
+
+#[test]
+fn literal_matchers_start_with_their_rules_literals() {
+    let r = Redactor::builtin();
+    let mut checked = 0;
+    for (i, rule) in r.rules.iter().enumerate() {
+        let Some(starts) = rule.fast.and_then(|f| f.literal_starts()) else {
+            continue;
+        };
+        let name = &*r.meta[i].name;
+        let (lits, any_case) = rule_literals(name).expect("token rule has literals");
+        assert!(!any_case, "{name}");
+        for s in starts {
+            assert!(
+                lits.iter().any(|l| s.starts_with(l.as_bytes())),
+                "{name}: a match may start with {:?}, which no literal of the rule begins",
+                String::from_utf8_lossy(s)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+}
+
+/// Trying a token matcher only at its literals finds what the search over
+/// the whole window finds, on generated strings full of near-tokens.
+#[test]
+fn token_matchers_at_literals_agree_with_window_search() {
+    const PIECES: &[&str] = &[
+        "ghp_",
+        "gho_",
+        "github_pat_",
+        "AKIA",
+        "ASIA",
+        "glpat-",
+        "gldt-",
+        "xoxb-",
+        "xoxp-",
+        "sk-",
+        "sk-ant-",
+        "sk-proj-",
+        "sk_live_",
+        "rk_test_",
+        "whsec_",
+        "eyJ",
+        "eyJhbGciOi",
+        ".",
+        "-",
+        "_",
+        " ",
+        "\n",
+        "A",
+        "b",
+        "9",
+        "abcdefghij",
+        "ABCDEFGHIJKLMNOP",
+        "0123456789",
+        "=",
+        "/",
+        "+",
+        "x",
+        "Z",
+    ];
+    let r = Redactor::builtin();
+    let class = r
+        .classes
+        .iter()
+        .find(|c| c.class == Class::Token)
+        .expect("token class");
+    let lits = class.lits.as_ref().expect("token literals");
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut compared, mut found) = (0, 0);
+    for _ in 0..20_000 {
+        let mut s = String::new();
+        while s.len() < 120 {
+            s.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+        }
+        let mut at = Vec::new();
+        lits.rules_in(s.as_bytes(), &mut at);
+        for (k, &i) in class.rules.iter().enumerate() {
+            let Some(f) = r.rules[i].fast.filter(|f| f.literal_starts().is_some()) else {
+                continue;
+            };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let mask = vec![0u64; s.len().div_ceil(64)];
+            r.run_rule(i, &s, (0, s.len()), &mask, &mut a);
+            let starts = at.iter().filter(|x| x.1 == k).map(|x| x.0);
+            r.run_at(i, f, &s, (0, s.len()), starts, &mut b);
+            let key = |h: &Hit| (h.s, h.e, h.meta);
+            assert_eq!(
+                a.iter().map(key).collect::<Vec<_>>(),
+                b.iter().map(key).collect::<Vec<_>>(),
+                "{} in {s:?}",
+                r.meta[i].name
+            );
+            compared += 1;
+            found += a.len();
+        }
+    }
+    assert!(compared > 100_000 && found > 1_000, "{compared} {found}");
+}

@@ -223,6 +223,8 @@ pub(crate) struct Windows {
     masks: Masks,
     /// The string, ASCII-lowercased, for the dictionaries (a reused buffer).
     pub lower: Vec<u8>,
+    /// Where token literals were found in a window (a reused buffer).
+    pub lit_at: Vec<(usize, usize)>,
 }
 
 impl Windows {
