@@ -481,5 +481,89 @@ fn bench(root: &Path, seconds: u64, rates: &[u32]) -> Result<()> {
     run(Command::new("cargo").args([
         "bench", "-p", "airlock", "--bench", "redact", "--bench", "policy",
     ]))?;
+    let criterion = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("criterion");
+    redaction_summary(&criterion);
     Ok(())
+}
+
+/// Median throughput (bytes per second) of one criterion benchmark, from
+/// the files criterion leaves under `target/criterion/<id>/new/`.
+fn throughput(criterion: &Path, id: &str) -> Option<f64> {
+    let dir = criterion.join(id).join("new");
+    let read = |f: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()
+    };
+    let bytes = read("benchmark.json")?["throughput"]["Bytes"].as_f64()?;
+    let ns = read("estimates.json")?["median"]["point_estimate"].as_f64()?;
+    (ns > 0.0).then(|| bytes / ns * 1e9)
+}
+
+/// The redaction results as one table, each against the `serde_json`
+/// round trip of a body of the same size measured in the same run, and
+/// against the targets (≥ 1 GB/s with nothing to find, ≥ 0.3 GB/s dense).
+fn redaction_summary(criterion: &Path) {
+    step("redaction summary (median; × = against a serde_json parse + re-serialise, same run)");
+    let base: Vec<Option<f64>> = ["16", "64"]
+        .iter()
+        .map(|k| throughput(criterion, &format!("json_roundtrip/{k}")))
+        .collect();
+    eprintln!(
+        "    {:<28} {:>22} {:>22}   target",
+        "case", "16 KiB", "64 KiB"
+    );
+    for group in ["redact", "redact_policy"] {
+        for (kind, target) in [("plain", 1e9), ("clean", 1e9), ("dense", 0.3e9)] {
+            let mut row = format!("    {:<28}", format!("{group}/{kind}"));
+            let mut met = true;
+            for (k, b) in ["16", "64"].iter().zip(&base) {
+                match throughput(criterion, &format!("{group}/{kind}/{k}")) {
+                    Some(t) => {
+                        met &= t >= target;
+                        let ratio = b.map_or_else(|| "-".to_string(), |b| format!("{:.2}×", t / b));
+                        row.push_str(&format!(
+                            " {:>13} {:>8}",
+                            format!("{:.2} GB/s", t / 1e9),
+                            ratio
+                        ));
+                    }
+                    None => {
+                        met = false;
+                        row.push_str(&format!(" {:>22}", "(no result)"));
+                    }
+                }
+            }
+            let verdict = if met { "met" } else { "NOT met" };
+            eprintln!("{row}   ≥ {:.1} GB/s {verdict}", target / 1e9);
+        }
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn throughput_reads_criterion_results() {
+        let dir = std::env::temp_dir().join(format!("xtask-crit-{}", std::process::id()));
+        let new = dir.join("redact/plain/16/new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(
+            new.join("benchmark.json"),
+            r#"{"throughput":{"Bytes":16000}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            new.join("estimates.json"),
+            r#"{"median":{"point_estimate":16000.0}}"#,
+        )
+        .unwrap();
+        let t = throughput(&dir, "redact/plain/16");
+        let missing = throughput(&dir, "redact/plain/64");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(t, Some(1e9));
+        assert_eq!(missing, None);
+    }
 }
