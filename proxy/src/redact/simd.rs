@@ -1,6 +1,7 @@
 //! Byte-class scans behind the trigger pass, the JSON walker and the
-//! normaliser: 16 bytes per step with SSE2 (part of every x86-64 CPU, so no
-//! runtime detection), a portable per-byte fallback elsewhere.
+//! normaliser: 32 bytes per step with AVX2 when the CPU has it (detected at
+//! run time), else 16 with SSE2 (part of every x86-64 CPU); a portable
+//! per-byte fallback elsewhere. Tests run every kernel the CPU can.
 //!
 //! Prose is mostly bytes no detector cares about; these scans exist so the
 //! per-byte logic runs only at the few bytes that matter.
@@ -14,9 +15,38 @@ pub(crate) struct Masks {
     pub token: Vec<u64>,
 }
 
+/// Whether this CPU has AVX2: the scans then take 32 bytes a step instead
+/// of 16 (`std` caches the answer; asking costs a load and a test).
+#[inline]
+pub(crate) fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl Masks {
     /// Classify every byte of `b`.
     pub fn fill(&mut self, b: &[u8]) {
+        self.fill_with(b, wide());
+    }
+
+    /// [`Masks::fill`] with the AVX2 kernel (`wide`, when the CPU has it)
+    /// or the SSE2 one.
+    pub(crate) fn fill_with(&mut self, b: &[u8], wide: bool) {
+        let classify = |c: &[u8; 64]| {
+            #[cfg(target_arch = "x86_64")]
+            if wide && self::wide() {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { avx2::digit_token64(c) };
+            }
+            let _ = wide;
+            sse2::digit_token64(c)
+        };
         let words = b.len().div_ceil(64);
         self.digit.clear();
         self.token.clear();
@@ -25,7 +55,7 @@ impl Masks {
         let mut chunks = b.chunks_exact(64);
         for ((c, d), t) in (&mut chunks).zip(&mut self.digit).zip(&mut self.token) {
             if let Ok(c) = <&[u8; 64]>::try_from(c) {
-                (*d, *t) = sse2::digit_token64(c);
+                (*d, *t) = classify(c);
             }
         }
         let rest = chunks.remainder();
@@ -37,7 +67,7 @@ impl Masks {
             // zero padding belongs to no class
             let mut pad = [0u8; 64];
             pad[..rest.len()].copy_from_slice(rest);
-            (*d, *t) = sse2::digit_token64(&pad);
+            (*d, *t) = classify(&pad);
         }
     }
 }
@@ -146,6 +176,24 @@ fn prev_clear(m: &[u64], pos: usize) -> usize {
 /// character (what ends a run of plain JSON string content), or `b.len()`.
 #[inline]
 pub(crate) fn next_string_special(b: &[u8], i: usize) -> usize {
+    next_string_special_with(b, i, wide())
+}
+
+/// [`next_string_special`] with the AVX2 kernel (`wide`) or the SSE2 one.
+#[inline]
+pub(crate) fn next_string_special_with(b: &[u8], mut i: usize, wide: bool) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if wide && self::wide() {
+        while let Some(a) = b.get(i..i + 32).and_then(|c| <&[u8; 32]>::try_from(c).ok()) {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            let m = unsafe { avx2::string_special(a) };
+            if m != 0 {
+                return i + m.trailing_zeros() as usize;
+            }
+            i += 32;
+        }
+    }
+    let _ = wide;
     scan(
         b,
         i,
@@ -189,8 +237,26 @@ pub(crate) fn norm_stop_at(b: &[u8], k: usize) -> bool {
 /// Latin letters, Cyrillic, CJK, dashes and typographic quotes go by
 /// without a stop.
 #[inline]
-pub(crate) fn next_norm_stop(b: &[u8], mut i: usize) -> usize {
-    // 16 positions per step; the two bytes after them are read for `E2 80 xx`
+pub(crate) fn next_norm_stop(b: &[u8], i: usize) -> usize {
+    next_norm_stop_with(b, i, wide())
+}
+
+/// [`next_norm_stop`] with the AVX2 kernel (`wide`) or the SSE2 one.
+#[inline]
+pub(crate) fn next_norm_stop_with(b: &[u8], mut i: usize, wide: bool) -> usize {
+    // the two bytes after each step's positions are read for `E2 80 xx`
+    #[cfg(target_arch = "x86_64")]
+    if wide && self::wide() {
+        while let Some(a) = b.get(i..i + 34).and_then(|c| <&[u8; 34]>::try_from(c).ok()) {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            let m = unsafe { avx2::norm_stop(a) };
+            if m != 0 {
+                return i + m.trailing_zeros() as usize;
+            }
+            i += 32;
+        }
+    }
+    let _ = wide;
     while let Some(a) = b.get(i..i + 18).and_then(|c| <&[u8; 18]>::try_from(c).ok()) {
         let m = sse2::norm_stop(a);
         if m != 0 {
@@ -377,6 +443,106 @@ mod sse2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The SSE2 kernels at 32 bytes a step. The entry points are `unsafe`:
+    //! the caller must have checked that the CPU has AVX2.
+    use std::arch::x86_64::*;
+
+    /// The 32 bytes of `a` from `at`.
+    ///
+    /// # Safety
+    /// `a` must have 32 bytes from `at` (and the CPU AVX2).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(a: &[u8], at: usize) -> __m256i {
+        debug_assert!(a.len() >= at + 32);
+        // SAFETY: the caller guarantees 32 readable bytes from `at`.
+        unsafe { _mm256_loadu_si256(a.as_ptr().add(at).cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn in_range(x: __m256i, lo: u8, span: u8) -> __m256i {
+        let d = _mm256_sub_epi8(x, _mm256_set1_epi8(lo as i8));
+        _mm256_cmpeq_epi8(_mm256_min_epu8(d, _mm256_set1_epi8(span as i8)), d)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn eq(x: __m256i, c: u8) -> __m256i {
+        _mm256_cmpeq_epi8(x, _mm256_set1_epi8(c as i8))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn bits(m: __m256i) -> u32 {
+        _mm256_movemask_epi8(m) as u32
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn or(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_or_si256(a, b)
+    }
+
+    /// `"`, `\` and control bytes (see `sse2::string_special`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn string_special(a: &[u8; 32]) -> u32 {
+        // SAFETY: `a` is 32 bytes.
+        let x = unsafe { load(a, 0) };
+        bits(or(or(eq(x, b'"'), eq(x, b'\\')), in_range(x, 0, 0x1f)))
+    }
+
+    /// Normalisation stops (see `super::norm_stop_at`) for 32 positions.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn norm_stop(a: &[u8; 34]) -> u32 {
+        // SAFETY: `a` is 34 bytes: 32 from each of 0, 1 and 2.
+        let (x, x1, x2) = unsafe { (load(a, 0), load(a, 1), load(a, 2)) };
+        let lead = in_range(x, 0xC0, 0x3F);
+        let stable = or(
+            or(eq(x, 0xC3), in_range(x, 0xD0, 4)),
+            or(in_range(x, 0xE4, 5), in_range(x, 0xEB, 2)),
+        );
+        let punct3 = _mm256_andnot_si256(or(eq(x2, 0x91), eq(x2, 0x97)), in_range(x2, 0x90, 15));
+        let punct = _mm256_and_si256(_mm256_and_si256(eq(x, 0xE2), eq(x1, 0x80)), punct3);
+        let stop = _mm256_andnot_si256(or(stable, punct), lead);
+        bits(or(eq(x, b'\\'), stop))
+    }
+
+    /// Digit and token-character masks of 64 bytes (see `sse2::digit_token64`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn digit_token64(a: &[u8; 64]) -> (u64, u64) {
+        let mut d = 0u64;
+        let mut t = 0u64;
+        for q in 0..2 {
+            // SAFETY: `a` is 64 bytes; 32 * q + 32 <= 64.
+            let x = unsafe { load(a, 32 * q) };
+            let digit = in_range(x, b'0', 9);
+            let letter = in_range(_mm256_or_si256(x, _mm256_set1_epi8(0x20)), b'a', 25);
+            let punct = or(
+                or(in_range(x, b'-', 2), eq(x, b'_')),
+                or(or(eq(x, b'+'), eq(x, b'=')), eq(x, b'~')),
+            );
+            d |= u64::from(bits(digit)) << (32 * q);
+            t |= u64::from(bits(or(or(digit, letter), punct))) << (32 * q);
+        }
+        (d, t)
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod sse2 {
     //! Portable stand-ins with the same results, one byte at a time.
@@ -430,21 +596,37 @@ mod tests {
         let b: Vec<u8> = (0..=255u8)
             .chain(b"abc 123 x-y_z".iter().copied())
             .collect();
-        let mut m = Masks::default();
-        m.fill(&b);
-        for (i, &c) in b.iter().enumerate() {
-            assert_eq!(
-                m.digit[i / 64] >> (i % 64) & 1 == 1,
-                c.is_ascii_digit(),
-                "{c}"
-            );
-            assert_eq!(m.token[i / 64] >> (i % 64) & 1 == 1, token(c), "{c}");
+        // both kernels, at every offset of the 64-byte steps
+        for wide in kernels() {
+            for shift in 0..64 {
+                let b = &b[shift..];
+                let mut m = Masks::default();
+                m.fill_with(b, wide);
+                for (i, &c) in b.iter().enumerate() {
+                    assert_eq!(
+                        m.digit[i / 64] >> (i % 64) & 1 == 1,
+                        c.is_ascii_digit(),
+                        "{c} wide {wide}"
+                    );
+                    assert_eq!(m.token[i / 64] >> (i % 64) & 1 == 1, token(c), "{c}");
+                }
+            }
+            for i in 0..b.len() {
+                let want = (i..b.len())
+                    .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
+                    .unwrap_or(b.len());
+                assert_eq!(next_string_special_with(&b, i, wide), want, "wide {wide}");
+            }
         }
-        for i in 0..b.len() {
-            let want = (i..b.len())
-                .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
-                .unwrap_or(b.len());
-            assert_eq!(next_string_special(&b, i), want);
+    }
+
+    /// The kernels this CPU can run: SSE2 (`false`) always, AVX2 when it
+    /// has it (the one the scans then use).
+    fn kernels() -> Vec<bool> {
+        if wide() {
+            vec![false, true]
+        } else {
+            vec![false]
         }
     }
 
@@ -455,13 +637,19 @@ mod tests {
         for x in 0x80..=0xFFu8 {
             b.extend_from_slice(&[b'a', 0xE2, 0x80, x, x, 0x80, b'\\', b' ']);
         }
-        for shift in 0..17 {
-            let s = &b[shift..];
-            for i in 0..s.len() {
-                let want = (i..s.len())
-                    .find(|&k| norm_stop_at(s, k))
-                    .unwrap_or(s.len());
-                assert_eq!(next_norm_stop(s, i), want, "shift {shift} at {i}");
+        for wide in kernels() {
+            for shift in 0..33 {
+                let s = &b[shift..];
+                for i in 0..s.len() {
+                    let want = (i..s.len())
+                        .find(|&k| norm_stop_at(s, k))
+                        .unwrap_or(s.len());
+                    assert_eq!(
+                        next_norm_stop_with(s, i, wide),
+                        want,
+                        "wide {wide} shift {shift} at {i}"
+                    );
+                }
             }
         }
         let t = "café “naïve” résumé — it’s Привет 中文 서울";
