@@ -38,23 +38,33 @@ impl Masks {
     /// [`Masks::fill`] with the AVX2 kernel (`wide`, when the CPU has it)
     /// or the SSE2 one.
     pub(crate) fn fill_with(&mut self, b: &[u8], wide: bool) {
-        let classify = |c: &[u8; 64]| {
-            #[cfg(target_arch = "x86_64")]
-            if wide && self::wide() {
-                // SAFETY: the CPU has AVX2 (checked just above).
-                return unsafe { avx2::digit_token64(c) };
-            }
-            let _ = wide;
-            sse2::digit_token64(c)
-        };
         let words = b.len().div_ceil(64);
         self.digit.clear();
         self.token.clear();
         self.digit.resize(words, 0);
         self.token.resize(words, 0);
+        #[cfg(target_arch = "x86_64")]
+        let wide = wide && self::wide();
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
+        let classify = |c: &[u8; 64]| {
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: the CPU has AVX2 (checked above).
+                return unsafe { avx2::digit_token64(c) };
+            }
+            sse2::digit_token64(c)
+        };
         let mut chunks = b.chunks_exact(64);
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // the whole loop in one AVX2 function: its constants stay in
+            // registers (a call per 64 bytes reloaded them each time)
+            // SAFETY: the CPU has AVX2 (checked above).
+            unsafe { avx2::fill(b, &mut self.digit, &mut self.token) };
+        }
         for ((c, d), t) in (&mut chunks).zip(&mut self.digit).zip(&mut self.token) {
-            if let Ok(c) = <&[u8; 64]>::try_from(c) {
+            if let (false, Ok(c)) = (wide, <&[u8; 64]>::try_from(c)) {
                 (*d, *t) = classify(c);
             }
         }
@@ -184,13 +194,10 @@ pub(crate) fn next_string_special(b: &[u8], i: usize) -> usize {
 pub(crate) fn next_string_special_with(b: &[u8], mut i: usize, wide: bool) -> usize {
     #[cfg(target_arch = "x86_64")]
     if wide && self::wide() {
-        while let Some(a) = b.get(i..i + 32).and_then(|c| <&[u8; 32]>::try_from(c).ok()) {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            let m = unsafe { avx2::string_special(a) };
-            if m != 0 {
-                return i + m.trailing_zeros() as usize;
-            }
-            i += 32;
+        // SAFETY: the CPU has AVX2 (checked just above).
+        match unsafe { avx2::string_special(b, i) } {
+            Ok(at) => return at,
+            Err(rest) => i = rest,
         }
     }
     let _ = wide;
@@ -247,13 +254,10 @@ pub(crate) fn next_norm_stop_with(b: &[u8], mut i: usize, wide: bool) -> usize {
     // the two bytes after each step's positions are read for `E2 80 xx`
     #[cfg(target_arch = "x86_64")]
     if wide && self::wide() {
-        while let Some(a) = b.get(i..i + 34).and_then(|c| <&[u8; 34]>::try_from(c).ok()) {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            let m = unsafe { avx2::norm_stop(a) };
-            if m != 0 {
-                return i + m.trailing_zeros() as usize;
-            }
-            i += 32;
+        // SAFETY: the CPU has AVX2 (checked just above).
+        match unsafe { avx2::norm_stop(b, i) } {
+            Ok(at) => return at,
+            Err(rest) => i = rest,
         }
     }
     let _ = wide;
@@ -486,36 +490,53 @@ mod avx2 {
         _mm256_or_si256(a, b)
     }
 
-    /// `"`, `\` and control bytes (see `sse2::string_special`).
+    /// The first `"`, `\` or control byte at or after `i` (see
+    /// `super::next_string_special`), or, when none is in the 32-byte
+    /// steps that fit, `Err` with where the steps stopped.
     ///
     /// # Safety
     /// The CPU must have AVX2.
-    #[inline]
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn string_special(a: &[u8; 32]) -> u32 {
-        // SAFETY: `a` is 32 bytes.
-        let x = unsafe { load(a, 0) };
-        bits(or(or(eq(x, b'"'), eq(x, b'\\')), in_range(x, 0, 0x1f)))
+    pub(super) unsafe fn string_special(b: &[u8], mut i: usize) -> Result<usize, usize> {
+        while i + 32 <= b.len() {
+            // SAFETY: 32 bytes from `i` are in `b`.
+            let x = unsafe { load(b, i) };
+            let m = bits(or(or(eq(x, b'"'), eq(x, b'\\')), in_range(x, 0, 0x1f)));
+            if m != 0 {
+                return Ok(i + m.trailing_zeros() as usize);
+            }
+            i += 32;
+        }
+        Err(i)
     }
 
-    /// Normalisation stops (see `super::norm_stop_at`) for 32 positions.
+    /// The first normalisation stop at or after `i` (see
+    /// `super::norm_stop_at`), or, when none is in the steps that fit (each
+    /// reads the two bytes after its 32), `Err` with where they stopped.
     ///
     /// # Safety
     /// The CPU must have AVX2.
-    #[inline]
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn norm_stop(a: &[u8; 34]) -> u32 {
-        // SAFETY: `a` is 34 bytes: 32 from each of 0, 1 and 2.
-        let (x, x1, x2) = unsafe { (load(a, 0), load(a, 1), load(a, 2)) };
-        let lead = in_range(x, 0xC0, 0x3F);
-        let stable = or(
-            or(eq(x, 0xC3), in_range(x, 0xD0, 4)),
-            or(in_range(x, 0xE4, 5), in_range(x, 0xEB, 2)),
-        );
-        let punct3 = _mm256_andnot_si256(or(eq(x2, 0x91), eq(x2, 0x97)), in_range(x2, 0x90, 15));
-        let punct = _mm256_and_si256(_mm256_and_si256(eq(x, 0xE2), eq(x1, 0x80)), punct3);
-        let stop = _mm256_andnot_si256(or(stable, punct), lead);
-        bits(or(eq(x, b'\\'), stop))
+    pub(super) unsafe fn norm_stop(b: &[u8], mut i: usize) -> Result<usize, usize> {
+        while i + 34 <= b.len() {
+            // SAFETY: 34 bytes from `i` are in `b`: 32 from each of i, i+1, i+2.
+            let (x, x1, x2) = unsafe { (load(b, i), load(b, i + 1), load(b, i + 2)) };
+            let lead = in_range(x, 0xC0, 0x3F);
+            let stable = or(
+                or(eq(x, 0xC3), in_range(x, 0xD0, 4)),
+                or(in_range(x, 0xE4, 5), in_range(x, 0xEB, 2)),
+            );
+            let punct3 =
+                _mm256_andnot_si256(or(eq(x2, 0x91), eq(x2, 0x97)), in_range(x2, 0x90, 15));
+            let punct = _mm256_and_si256(_mm256_and_si256(eq(x, 0xE2), eq(x1, 0x80)), punct3);
+            let stop = _mm256_andnot_si256(or(stable, punct), lead);
+            let m = bits(or(eq(x, b'\\'), stop));
+            if m != 0 {
+                return Ok(i + m.trailing_zeros() as usize);
+            }
+            i += 32;
+        }
+        Err(i)
     }
 
     /// Digit and token-character masks of 64 bytes (see `sse2::digit_token64`).
@@ -525,21 +546,46 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn digit_token64(a: &[u8; 64]) -> (u64, u64) {
-        let mut d = 0u64;
-        let mut t = 0u64;
-        for q in 0..2 {
-            // SAFETY: `a` is 64 bytes; 32 * q + 32 <= 64.
-            let x = unsafe { load(a, 32 * q) };
-            let digit = in_range(x, b'0', 9);
-            let letter = in_range(_mm256_or_si256(x, _mm256_set1_epi8(0x20)), b'a', 25);
-            let punct = or(
-                or(in_range(x, b'-', 2), eq(x, b'_')),
-                or(or(eq(x, b'+'), eq(x, b'=')), eq(x, b'~')),
-            );
-            d |= u64::from(bits(digit)) << (32 * q);
-            t |= u64::from(bits(or(or(digit, letter), punct))) << (32 * q);
+        // SAFETY: `a` is 64 bytes.
+        let (lo, hi) = unsafe { (load(a, 0), load(a, 32)) };
+        let (dl, tl) = digit_token(lo);
+        let (dh, th) = digit_token(hi);
+        (
+            u64::from(dl) | u64::from(dh) << 32,
+            u64::from(tl) | u64::from(th) << 32,
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn digit_token(x: __m256i) -> (u32, u32) {
+        let digit = in_range(x, b'0', 9);
+        let letter = in_range(_mm256_or_si256(x, _mm256_set1_epi8(0x20)), b'a', 25);
+        let punct = or(
+            or(in_range(x, b'-', 2), eq(x, b'_')),
+            or(or(eq(x, b'+'), eq(x, b'=')), eq(x, b'~')),
+        );
+        (bits(digit), bits(or(or(digit, letter), punct)))
+    }
+
+    /// The digit and token masks of every whole 64 bytes of `b` (the last
+    /// partial word is left to the caller).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill(b: &[u8], digit: &mut [u64], token: &mut [u64]) {
+        for ((k, d), t) in (0..b.len() / 64)
+            .zip(digit.iter_mut())
+            .zip(token.iter_mut())
+        {
+            // SAFETY: 64 bytes from 64 * k are in `b`.
+            let (lo, hi) = unsafe { (load(b, 64 * k), load(b, 64 * k + 32)) };
+            let (dl, tl) = digit_token(lo);
+            let (dh, th) = digit_token(hi);
+            *d = u64::from(dl) | u64::from(dh) << 32;
+            *t = u64::from(tl) | u64::from(th) << 32;
         }
-        (d, t)
     }
 }
 
