@@ -1132,13 +1132,8 @@ impl Scan<'_, '_> {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         let raw_text = self.text.get(start..end).unwrap_or_default();
-        let fast = !normalize::needs_normalizing(raw_text);
-        let text: &str = if fast {
-            raw_text
-        } else {
-            normalize::normalize(raw_text, start, json, &mut norm);
-            &norm.text
-        };
+        let fast = !normalize::normalize_if_needed(raw_text, start, json, &mut norm);
+        let text: &str = if fast { raw_text } else { &norm.text };
         self.r.scan_text(text, &mut self.win, &mut hits);
         if let (Some((mi, floor)), false, true) = (self.r.secret_key, is_key, json) {
             if let Some(Seg::Key {

@@ -14,7 +14,7 @@
 
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-use super::simd::next_norm_stop;
+use super::simd::{next_set, stop_mask};
 
 /// A stretch of normalised text and the raw bytes it came from. An identity
 /// segment maps byte for byte; any other is one unit (an escape, a changed
@@ -32,6 +32,8 @@ struct Span {
 pub(crate) struct Norm {
     pub text: String,
     spans: Vec<Span>,
+    /// Where the normaliser has work in the raw string (`simd::stop_mask`).
+    stops: Vec<u64>,
 }
 
 impl Norm {
@@ -130,27 +132,35 @@ fn nfkc_stable(c: char) -> bool {
     !is_ignorable(c) && is_nfkc_quick(std::iter::once(c)) != IsNormalized::No
 }
 
-/// Whether `raw` needs normalising at all: it holds an escape, or a
-/// character that normalisation would change or drop. Text made only of
-/// ASCII and characters NFKC keeps (accented letters, quotes, dashes, CJK)
-/// is scanned in place.
-#[inline]
-pub(crate) fn needs_normalizing(raw: &str) -> bool {
+/// Normalise `raw` (at body offset `base`) into `out` if it needs it: if it
+/// holds an escape, or a character that normalisation would change or
+/// drop. Text made only of ASCII and characters NFKC keeps (accented
+/// letters, quotes, dashes, CJK) is scanned in place: then `false`.
+pub(crate) fn normalize_if_needed(raw: &str, base: usize, json: bool, out: &mut Norm) -> bool {
+    let mut stops = std::mem::take(&mut out.stops);
+    stop_mask(raw.as_bytes(), &mut stops);
+    let need = needs(raw, &stops);
+    if need {
+        normalize_with(raw, base, json, &stops, out);
+    }
+    out.stops = stops;
+    need
+}
+
+/// Whether a stop in `stops` is an escape or a character NFKC changes.
+fn needs(raw: &str, stops: &[u64]) -> bool {
     let b = raw.as_bytes();
     let mut i = 0;
-    loop {
-        i = next_norm_stop(b, i);
-        if i >= b.len() {
-            return false;
-        }
-        if b[i] == b'\\' {
+    while let Some(k) = next_set(stops, i).filter(|&k| k < b.len()) {
+        if b[k] == b'\\' {
             return true;
         }
-        match raw.get(i..).and_then(|t| t.chars().next()) {
-            Some(c) if nfkc_stable(c) => i += c.len_utf8(),
+        match raw.get(k..).and_then(|t| t.chars().next()) {
+            Some(c) if nfkc_stable(c) => i = k + c.len_utf8(),
             _ => return true,
         }
     }
+    false
 }
 
 fn hex4(b: &[u8], at: usize) -> Option<u32> {
@@ -192,6 +202,14 @@ fn unicode_at(b: &[u8], at: usize, bs: usize) -> Option<(char, usize)> {
 /// Escapes one level down (`\\u0040` in JSON, `\u0040` in text) are decoded
 /// too, except `\"` so a replacement never removes an inner quote.
 pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
+    let mut stops = std::mem::take(&mut out.stops);
+    stop_mask(text.as_bytes(), &mut stops);
+    normalize_with(text, base, json, &stops, out);
+    out.stops = stops;
+}
+
+/// [`normalize`] given the string's stop mask.
+fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut Norm) {
     out.text.clear();
     out.spans.clear();
     out.text.reserve(text.len());
@@ -200,10 +218,10 @@ pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
     let mut run = 0usize;
     let mut i = 0usize;
     loop {
-        i = next_norm_stop(b, i);
-        if i >= b.len() {
-            break;
-        }
+        i = match next_set(stops, i) {
+            Some(k) if k < b.len() => k,
+            _ => break,
+        };
         if b[i] == b'\\' {
             out.push_identity(text.get(run..i).unwrap_or_default(), base + run);
             let (c, end) = escape_at(b, i, json);

@@ -239,39 +239,40 @@ pub(crate) fn norm_stop_at(b: &[u8], k: usize) -> bool {
                 && b.get(k + 2).copied().is_some_and(stable_punct)))
 }
 
-/// Index of the first byte at or after `i` (a character start) where
-/// normalisation may have work ([`norm_stop_at`]), or `b.len()`. Accented
-/// Latin letters, Cyrillic, CJK, dashes and typographic quotes go by
-/// without a stop.
-#[inline]
-pub(crate) fn next_norm_stop(b: &[u8], i: usize) -> usize {
-    next_norm_stop_with(b, i, wide())
+/// The normalisation stops of all of `b` ([`norm_stop_at`] at each
+/// position) as a bit mask in `out`, in one pass: the normaliser then jumps
+/// from stop to stop in the mask instead of scanning again after each.
+pub(crate) fn stop_mask(b: &[u8], out: &mut Vec<u64>) {
+    stop_mask_with(b, out, wide());
 }
 
-/// [`next_norm_stop`] with the AVX2 kernel (`wide`) or the SSE2 one.
-#[inline]
-pub(crate) fn next_norm_stop_with(b: &[u8], mut i: usize, wide: bool) -> usize {
-    // the two bytes after each step's positions are read for `E2 80 xx`
+/// [`stop_mask`] with the AVX2 kernel (`wide`) or the SSE2 one.
+pub(crate) fn stop_mask_with(b: &[u8], out: &mut Vec<u64>, wide: bool) {
+    out.clear();
+    out.resize(b.len().div_ceil(64), 0);
+    let mut i = 0usize;
     #[cfg(target_arch = "x86_64")]
     if wide && self::wide() {
         // SAFETY: the CPU has AVX2 (checked just above).
-        match unsafe { avx2::norm_stop(b, i) } {
-            Ok(at) => return at,
-            Err(rest) => i = rest,
-        }
+        i = unsafe { avx2::stop_mask(b, out) };
     }
     let _ = wide;
     while let Some(a) = b.get(i..i + 18).and_then(|c| <&[u8; 18]>::try_from(c).ok()) {
-        let m = sse2::norm_stop(a);
-        if m != 0 {
-            return i + m.trailing_zeros() as usize;
+        let m = u64::from(sse2::norm_stop(a));
+        // 16 bits at `i`: within one word when `i % 64 <= 48`, which holds
+        // as `i` moves in steps of 16 from a multiple of 32
+        if let Some(w) = out.get_mut(i / 64) {
+            *w |= m << (i % 64);
         }
         i += 16;
     }
-    while i < b.len() && !norm_stop_at(b, i) {
-        i += 1;
+    for k in i..b.len() {
+        if norm_stop_at(b, k) {
+            if let Some(w) = out.get_mut(k / 64) {
+                *w |= 1 << (k % 64);
+            }
+        }
     }
-    i.min(b.len())
 }
 
 #[inline]
@@ -510,33 +511,40 @@ mod avx2 {
         Err(i)
     }
 
-    /// The first normalisation stop at or after `i` (see
-    /// `super::norm_stop_at`), or, when none is in the steps that fit (each
-    /// reads the two bytes after its 32), `Err` with where they stopped.
+    /// The normalisation stops of `b` into `out` (one bit per byte),
+    /// 32 positions a step while the two bytes after them are in `b`;
+    /// returns where the steps stopped (a multiple of 32).
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn norm_stop(b: &[u8], mut i: usize) -> Result<usize, usize> {
+    pub(super) unsafe fn stop_mask(b: &[u8], out: &mut [u64]) -> usize {
+        let mut i = 0usize;
         while i + 34 <= b.len() {
             // SAFETY: 34 bytes from `i` are in `b`: 32 from each of i, i+1, i+2.
             let (x, x1, x2) = unsafe { (load(b, i), load(b, i + 1), load(b, i + 2)) };
-            let lead = in_range(x, 0xC0, 0x3F);
-            let stable = or(
-                or(eq(x, 0xC3), in_range(x, 0xD0, 4)),
-                or(in_range(x, 0xE4, 5), in_range(x, 0xEB, 2)),
-            );
-            let punct3 =
-                _mm256_andnot_si256(or(eq(x2, 0x91), eq(x2, 0x97)), in_range(x2, 0x90, 15));
-            let punct = _mm256_and_si256(_mm256_and_si256(eq(x, 0xE2), eq(x1, 0x80)), punct3);
-            let stop = _mm256_andnot_si256(or(stable, punct), lead);
-            let m = bits(or(eq(x, b'\\'), stop));
-            if m != 0 {
-                return Ok(i + m.trailing_zeros() as usize);
+            let m = u64::from(stops(x, x1, x2));
+            if let Some(w) = out.get_mut(i / 64) {
+                *w |= m << (i % 64);
             }
             i += 32;
         }
-        Err(i)
+        i
+    }
+
+    /// Stops among 32 positions `x`, given the bytes one and two further.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn stops(x: __m256i, x1: __m256i, x2: __m256i) -> u32 {
+        let lead = in_range(x, 0xC0, 0x3F);
+        let stable = or(
+            or(eq(x, 0xC3), in_range(x, 0xD0, 4)),
+            or(in_range(x, 0xE4, 5), in_range(x, 0xEB, 2)),
+        );
+        let punct3 = _mm256_andnot_si256(or(eq(x2, 0x91), eq(x2, 0x97)), in_range(x2, 0x90, 15));
+        let punct = _mm256_and_si256(_mm256_and_si256(eq(x, 0xE2), eq(x1, 0x80)), punct3);
+        let stop = _mm256_andnot_si256(or(stable, punct), lead);
+        bits(or(eq(x, b'\\'), stop))
     }
 
     /// Digit and token-character masks of 64 bytes (see `sse2::digit_token64`).
@@ -678,31 +686,36 @@ mod tests {
 
     #[test]
     fn norm_stops_agree_with_per_byte_check() {
-        // every lead byte, and `E2 80 xx` for every xx, in all 16 lanes
+        // every lead byte, and `E2 80 xx` for every xx, in every lane of both kernels
         let mut b: Vec<u8> = Vec::new();
         for x in 0x80..=0xFFu8 {
             b.extend_from_slice(&[b'a', 0xE2, 0x80, x, x, 0x80, b'\\', b' ']);
         }
         for wide in kernels() {
-            for shift in 0..33 {
+            for shift in 0..70 {
                 let s = &b[shift..];
-                for i in 0..s.len() {
-                    let want = (i..s.len())
-                        .find(|&k| norm_stop_at(s, k))
-                        .unwrap_or(s.len());
+                let mut m = Vec::new();
+                stop_mask_with(s, &mut m, wide);
+                assert_eq!(m.len(), s.len().div_ceil(64));
+                for k in 0..s.len() {
                     assert_eq!(
-                        next_norm_stop_with(s, i, wide),
-                        want,
-                        "wide {wide} shift {shift} at {i}"
+                        m[k / 64] >> (k % 64) & 1 == 1,
+                        norm_stop_at(s, k),
+                        "wide {wide} shift {shift} at {k}"
                     );
                 }
             }
         }
+        let first = |t: &str| {
+            let mut m = Vec::new();
+            stop_mask(t.as_bytes(), &mut m);
+            next_set(&m, 0).unwrap_or(t.len())
+        };
         let t = "café “naïve” résumé — it’s Привет 中文 서울";
-        assert_eq!(next_norm_stop(t.as_bytes(), 0), t.len());
+        assert_eq!(first(t), t.len());
         let u = "ﬁle 4１１1 a\\n";
-        assert_eq!(next_norm_stop(u.as_bytes(), 0), 0);
-        assert_eq!(next_norm_stop(u.as_bytes(), 3), u.find('１').unwrap());
+        assert_eq!(first(u), 0);
+        assert_eq!(first(&u[3..]), u[3..].find('１').unwrap());
     }
 
     #[test]
