@@ -538,6 +538,11 @@ fn dob_label_adjacent(before: &[u8]) -> bool {
         end -= 1;
     }
     let w = &before[..end];
+    // a label's last byte first: most numbers are ruled out by it
+    let last = w.last().map(u8::to_ascii_lowercase);
+    if !LABELS.iter().any(|l| l.last().copied() == last) {
+        return false;
+    }
     LABELS
         .iter()
         .any(|l| w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l))
