@@ -127,59 +127,41 @@ pub(crate) fn count(m: &[u64], pos: usize, len: usize) -> u32 {
     (w & keep).count_ones()
 }
 
-/// Start and end of the first run of at least `min` set bits that ends
-/// after `pos` and starts at or after `pos`. `min` is 8 to 64.
+/// Start and end of the first run of at least `min` set bits among the
+/// bits at or after `pos` (a run that began before `pos` counts from
+/// `pos`). `min` is 1 to 64.
 ///
-/// Such a run covers a whole aligned byte of the mask, so only mask words
-/// with an all-ones byte are looked at (a few instructions per 64 bytes).
+/// Per mask word, one test over it and the next word finds the positions
+/// with `min` set bits from there on (ANDing the word with itself shifted,
+/// doubling): words whose runs are all shorter — ordinary words of prose,
+/// however long — cost a few instructions and no branch each.
 pub(crate) fn next_run(m: &[u64], pos: usize, min: usize) -> Option<(usize, usize)> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let mut k = pos / 64;
+    let min = min.clamp(1, 64);
+    let first = pos / 64;
+    let mut k = first;
     while let Some(&w) = m.get(k) {
-        // lowest bit of each byte of the mask that is all ones
-        let mut t = w & (w >> 1);
-        t &= t >> 2;
-        t &= t >> 4;
-        let mut full = t & ONES;
-        while full != 0 {
-            let at = k * 64 + full.trailing_zeros() as usize;
-            full &= full - 1;
-            if at + 8 <= pos {
-                continue;
-            }
-            let s = prev_clear(m, at).max(pos);
-            let e = next_clear(m, at);
-            if e - s >= min {
-                return Some((s, e));
-            }
-            // skip the bytes of this run still in the word
-            if e >= (k + 1) * 64 {
-                break;
-            }
-            full &= (!0u64).checked_shl((e - k * 64) as u32).unwrap_or(0);
+        let lo = if k == first {
+            w & (!0u64).checked_shl((pos % 64) as u32).unwrap_or(0)
+        } else {
+            w
+        };
+        let hi = m.get(k + 1).copied().unwrap_or(0);
+        let mut x = u128::from(lo) | u128::from(hi) << 64;
+        // bit i stays set while bits i..i + span are all set
+        let mut span = 1;
+        while span * 2 <= min {
+            x &= x >> span;
+            span *= 2;
+        }
+        x &= x >> (min - span);
+        let at = x as u64;
+        if at != 0 {
+            let s = k * 64 + at.trailing_zeros() as usize;
+            return Some((s, next_clear(m, s)));
         }
         k += 1;
     }
     None
-}
-
-/// Start of the run of set bits that contains `pos` (`pos` itself is set).
-#[inline]
-fn prev_clear(m: &[u64], pos: usize) -> usize {
-    let mut k = pos / 64;
-    let keep = (pos % 64) as u32;
-    // bits at or below pos that are clear
-    let mut w = !m.get(k).copied().unwrap_or(0) & (u64::MAX >> (63 - keep));
-    loop {
-        if w != 0 {
-            return k * 64 + 64 - w.leading_zeros() as usize;
-        }
-        if k == 0 {
-            return 0;
-        }
-        k -= 1;
-        w = !m.get(k).copied().unwrap_or(0);
-    }
 }
 
 /// Index of the first byte at or after `i` that is `"`, `\` or a control
@@ -725,6 +707,57 @@ mod tests {
         assert!(!hexish(b"12345678901234567890"));
         assert!(!hexish(b"550e8400-e29b-41d4-a716-44665544000G"));
         assert!(!hexish(b"AKIAIOSFODNN7EXAMPLE"));
+    }
+
+    #[test]
+    fn next_run_finds_what_a_bit_walk_finds() {
+        // masks made of runs of random lengths, some across word ends
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut found = 0;
+        for _ in 0..300 {
+            let mut bits = Vec::new();
+            while bits.len() < 300 {
+                let len = [1, 3, 7, 8, 9, 15, 16, 17, 30, 70][rnd(10) as usize];
+                let on = rnd(2) == 1;
+                bits.extend(std::iter::repeat_n(on, len));
+            }
+            let mut m = vec![0u64; bits.len().div_ceil(64)];
+            for (i, _) in bits.iter().enumerate().filter(|(_, &b)| b) {
+                m[i / 64] |= 1 << (i % 64);
+            }
+            let bit = |i: usize| bits.get(i).copied().unwrap_or(false);
+            for _ in 0..20 {
+                let pos = rnd(bits.len() as u64) as usize;
+                for min in [1, 8, 15, 16, 17, 23, 64] {
+                    // the naive answer: walk the bits from `pos`
+                    let mut want = None;
+                    let mut i = pos;
+                    while i < bits.len() {
+                        if bit(i) {
+                            let s = i;
+                            while bit(i) {
+                                i += 1;
+                            }
+                            if i - s >= min {
+                                want = Some((s, i));
+                                break;
+                            }
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    assert_eq!(next_run(&m, pos, min), want, "pos {pos} min {min}");
+                    found += usize::from(want.is_some());
+                }
+            }
+        }
+        assert!(found > 10_000, "{found}");
     }
 
     #[test]
