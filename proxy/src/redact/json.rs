@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use super::simd::next_string_special;
+use super::simd::{next_set, special_mask};
 
 /// Deepest nesting accepted (serde_json's default recursion limit).
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -54,10 +54,13 @@ pub(crate) enum JsonError {
 
 /// Walk `b` (which the caller has checked is UTF-8), calling `v` for every string.
 pub(crate) fn walk<V: Visitor>(b: &[u8], v: &mut V) -> Result<(), JsonError> {
+    let mut special = Vec::new();
+    special_mask(b, &mut special);
     let mut w = Walker {
         b,
         i: 0,
         path: Vec::new(),
+        special,
     };
     w.ws();
     w.value(v, 0)?;
@@ -72,6 +75,8 @@ struct Walker<'a> {
     b: &'a [u8],
     i: usize,
     path: Vec<Seg>,
+    /// Where the `"`, `\\` and control bytes of `b` are (`simd::special_mask`).
+    special: Vec<u64>,
 }
 
 /// Keys seen so far in one object; a linear scan while small.
@@ -186,7 +191,7 @@ impl<'a> Walker<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            self.i = next_string_special(self.b, self.i);
+            self.i = next_set(&self.special, self.i).map_or(self.b.len(), |k| k.min(self.b.len()));
             match self.b.get(self.i) {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {

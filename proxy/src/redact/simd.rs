@@ -164,31 +164,44 @@ pub(crate) fn next_run(m: &[u64], pos: usize, min: usize) -> Option<(usize, usiz
     None
 }
 
-/// Index of the first byte at or after `i` that is `"`, `\` or a control
-/// character (what ends a run of plain JSON string content), or `b.len()`.
-#[inline]
-pub(crate) fn next_string_special(b: &[u8], i: usize) -> usize {
-    next_string_special_with(b, i, wide())
+/// The bytes of `b` that are `"`, `\` or a control character (what ends a
+/// run of plain JSON string content), as a bit mask in `out`: one pass over
+/// the body, then the walker jumps from one to the next in the mask.
+pub(crate) fn special_mask(b: &[u8], out: &mut Vec<u64>) {
+    special_mask_with(b, out, wide());
 }
 
-/// [`next_string_special`] with the AVX2 kernel (`wide`) or the SSE2 one.
-#[inline]
-pub(crate) fn next_string_special_with(b: &[u8], mut i: usize, wide: bool) -> usize {
+/// [`special_mask`] with the AVX2 kernel (`wide`) or the SSE2 one.
+pub(crate) fn special_mask_with(b: &[u8], out: &mut Vec<u64>, wide: bool) {
+    out.clear();
+    out.resize(b.len().div_ceil(64), 0);
+    let mut i = 0usize;
     #[cfg(target_arch = "x86_64")]
     if wide && self::wide() {
         // SAFETY: the CPU has AVX2 (checked just above).
-        match unsafe { avx2::string_special(b, i) } {
-            Ok(at) => return at,
-            Err(rest) => i = rest,
-        }
+        i = unsafe { avx2::special_mask(b, out) };
     }
     let _ = wide;
-    scan(
-        b,
-        i,
-        |c| c == b'"' || c == b'\\' || c < 0x20,
-        sse2::string_special,
-    )
+    while let Some(a) = b.get(i..i + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
+        // 16 bits at a multiple of 16: within one word
+        if let Some(w) = out.get_mut(i / 64) {
+            *w |= u64::from(sse2::string_special(a)) << (i % 64);
+        }
+        i += 16;
+    }
+    for k in i..b.len() {
+        if string_special_byte(b[k]) {
+            if let Some(w) = out.get_mut(k / 64) {
+                *w |= 1 << (k % 64);
+            }
+        }
+    }
+}
+
+/// `"`, `\` or a control character.
+#[inline]
+pub(crate) fn string_special_byte(c: u8) -> bool {
+    c == b'"' || c == b'\\' || c < 0x20
 }
 
 /// Lead bytes whose every character NFKC leaves as it is and that are not
@@ -255,21 +268,6 @@ pub(crate) fn stop_mask_with(b: &[u8], out: &mut Vec<u64>, wide: bool) {
             }
         }
     }
-}
-
-#[inline]
-fn scan(b: &[u8], mut i: usize, byte: impl Fn(u8) -> bool, block: fn(&[u8; 16]) -> u32) -> usize {
-    while let Some(a) = b.get(i..i + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
-        let m = block(a);
-        if m != 0 {
-            return i + m.trailing_zeros() as usize;
-        }
-        i += 16;
-    }
-    while i < b.len() && !byte(b[i]) {
-        i += 1;
-    }
-    i.min(b.len())
 }
 
 /// Whether `run` is made only of lowercase hex digits, `-` and `.`, with at
@@ -473,24 +471,24 @@ mod avx2 {
         _mm256_or_si256(a, b)
     }
 
-    /// The first `"`, `\` or control byte at or after `i` (see
-    /// `super::next_string_special`), or, when none is in the 32-byte
-    /// steps that fit, `Err` with where the steps stopped.
+    /// The `"`, `\` and control bytes of `b` into `out` (one bit per
+    /// byte), 32 a step; returns where the steps stopped (a multiple of 32).
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn string_special(b: &[u8], mut i: usize) -> Result<usize, usize> {
+    pub(super) unsafe fn special_mask(b: &[u8], out: &mut [u64]) -> usize {
+        let mut i = 0usize;
         while i + 32 <= b.len() {
             // SAFETY: 32 bytes from `i` are in `b`.
             let x = unsafe { load(b, i) };
             let m = bits(or(or(eq(x, b'"'), eq(x, b'\\')), in_range(x, 0, 0x1f)));
-            if m != 0 {
-                return Ok(i + m.trailing_zeros() as usize);
+            if let Some(w) = out.get_mut(i / 64) {
+                *w |= u64::from(m) << (i % 64);
             }
             i += 32;
         }
-        Err(i)
+        i
     }
 
     /// The normalisation stops of `b` into `out` (one bit per byte),
@@ -647,11 +645,15 @@ mod tests {
                     assert_eq!(m.token[i / 64] >> (i % 64) & 1 == 1, token(c), "{c}");
                 }
             }
-            for i in 0..b.len() {
-                let want = (i..b.len())
-                    .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
-                    .unwrap_or(b.len());
-                assert_eq!(next_string_special_with(&b, i, wide), want, "wide {wide}");
+            for shift in 0..64 {
+                let b = &b[shift..];
+                let mut m = Vec::new();
+                special_mask_with(b, &mut m, wide);
+                assert_eq!(m.len(), b.len().div_ceil(64));
+                for (k, &c) in b.iter().enumerate() {
+                    let want = c == b'"' || c == b'\\' || c < 0x20;
+                    assert_eq!(m[k / 64] >> (k % 64) & 1 == 1, want, "wide {wide} at {k}");
+                }
             }
         }
     }
