@@ -189,8 +189,8 @@ pub(crate) fn special_mask_with(b: &[u8], out: &mut Vec<u64>, wide: bool) {
         }
         i += 16;
     }
-    for k in i..b.len() {
-        if string_special_byte(b[k]) {
+    for (k, &c) in b.iter().enumerate().skip(i) {
+        if string_special_byte(c) {
             if let Some(w) = out.get_mut(k / 64) {
                 *w |= 1 << (k % 64);
             }
