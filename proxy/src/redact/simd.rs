@@ -43,10 +43,7 @@ impl Masks {
         self.token.clear();
         self.digit.resize(words, 0);
         self.token.resize(words, 0);
-        #[cfg(target_arch = "x86_64")]
         let wide = wide && self::wide();
-        #[cfg(not(target_arch = "x86_64"))]
-        let wide = false;
         let classify = |c: &[u8; 64]| {
             #[cfg(target_arch = "x86_64")]
             if wide {
@@ -56,16 +53,19 @@ impl Masks {
             sse2::digit_token64(c)
         };
         let mut chunks = b.chunks_exact(64);
-        #[cfg(target_arch = "x86_64")]
         if wide {
             // the whole loop in one AVX2 function: its constants stay in
             // registers (a call per 64 bytes reloaded them each time)
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 (checked above).
-            unsafe { avx2::fill(b, &mut self.digit, &mut self.token) };
-        }
-        for ((c, d), t) in (&mut chunks).zip(&mut self.digit).zip(&mut self.token) {
-            if let (false, Ok(c)) = (wide, <&[u8; 64]>::try_from(c)) {
-                (*d, *t) = classify(c);
+            unsafe {
+                avx2::fill(b, &mut self.digit, &mut self.token)
+            };
+        } else {
+            for ((c, d), t) in (&mut chunks).zip(&mut self.digit).zip(&mut self.token) {
+                if let Ok(c) = <&[u8; 64]>::try_from(c) {
+                    (*d, *t) = classify(c);
+                }
             }
         }
         let rest = chunks.remainder();
