@@ -75,7 +75,7 @@ struct Walker<'a> {
     b: &'a [u8],
     i: usize,
     path: Vec<Seg>,
-    /// Where the `"`, `\\` and control bytes of `b` are (`simd::special_mask`).
+    /// Where the `"`, `\` and control bytes of `b` are (`simd::special_mask`).
     special: Vec<u64>,
 }
 

@@ -694,35 +694,16 @@ impl Redactor {
                 }
             }
             None => {
-                // A validator may narrow a match (a card inside a longer run of
-                // digit groups, an IBAN followed by another): search again
-                // right after what it kept, not after the whole match.
                 let mut at = 0usize;
                 while at <= window.len() {
                     let found = match rule.fast {
                         Some(f) => f.find_at(window.as_bytes(), at, Some((digits, ws))),
                         None => rule.re.find_at(window, at).map(|m| (m.start(), m.end())),
                     };
-                    let Some((ms, me)) = found else {
+                    let Some(m) = found else {
                         break;
                     };
-                    let mut next = me;
-                    if ms < me {
-                        if let Some((s, e)) =
-                            detectors::validate(rule.validator, text, ws + ms, ws + me)
-                        {
-                            hits.push(Hit {
-                                s,
-                                e,
-                                meta: i,
-                                action: Action::Mask,
-                            });
-                            if e - ws < me {
-                                next = e - ws;
-                            }
-                        }
-                    }
-                    next = next.max(ms + 1);
+                    let mut next = Self::keep(i, rule, text, ws, m, hits);
                     while next < window.len() && !window.is_char_boundary(next) {
                         next += 1;
                     }
@@ -731,9 +712,37 @@ impl Redactor {
             }
         }
     }
-}
 
-impl Redactor {
+    /// Validate match `ms..me` (in the window at `ws`) of rule `i`, keep
+    /// what the validator keeps, and return where to search on: right after
+    /// what it kept, as a validator may narrow a match (a card inside a
+    /// longer run of digit groups, an IBAN followed by another), and past
+    /// `ms` in any case.
+    fn keep(
+        i: usize,
+        rule: &Rule,
+        text: &str,
+        ws: usize,
+        (ms, me): (usize, usize),
+        hits: &mut Vec<Hit>,
+    ) -> usize {
+        let mut next = me;
+        if ms < me {
+            if let Some((s, e)) = detectors::validate(rule.validator, text, ws + ms, ws + me) {
+                hits.push(Hit {
+                    s,
+                    e,
+                    meta: i,
+                    action: Action::Mask,
+                });
+                if e - ws < me {
+                    next = e - ws;
+                }
+            }
+        }
+        next.max(ms + 1)
+    }
+
     /// [`Redactor::run_rule`] for a matcher whose matches all start at its
     /// rule's literals: `starts` are the positions (in the window, rising)
     /// where [`LitFilter`] found them, at word starts. The leftmost match
@@ -759,22 +768,8 @@ impl Redactor {
             let Some(me) = f.match_at(window.as_bytes(), ms) else {
                 continue;
             };
-            // as in `run_rule`: after a narrowed match, search on from its end
-            let mut next = me;
-            if ms < me {
-                if let Some((s, e)) = detectors::validate(rule.validator, text, ws + ms, ws + me) {
-                    hits.push(Hit {
-                        s,
-                        e,
-                        meta: i,
-                        action: Action::Mask,
-                    });
-                    if e - ws < me {
-                        next = e - ws;
-                    }
-                }
-            }
-            at = next.max(ms + 1);
+            // `at` is only compared with the literal positions
+            at = Self::keep(i, rule, text, ws, (ms, me), hits);
         }
     }
 }
