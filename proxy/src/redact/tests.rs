@@ -431,3 +431,32 @@ fn token_matchers_at_literals_agree_with_window_search() {
     }
     assert!(compared > 100_000 && found > 1_000, "{compared} {found}");
 }
+
+/// The scan buffers stay with the thread for its next request, except
+/// after a body over `SCRATCH_KEEP`, whose buffers would hold that memory.
+#[test]
+fn scan_buffers_kept_unless_the_body_was_large() {
+    let r = Redactor::builtin();
+    let kept = |body: &[u8]| {
+        let req = ScanRequest {
+            body,
+            content_type: Some("text/plain"),
+            content_encoding: None,
+            path: "/v1/completions",
+            app: "test-app",
+            max_bytes: 4 << 20,
+            overrides: None,
+        };
+        let out = r.redact(&req).unwrap();
+        let scratch = SCRATCH.with(Cell::take);
+        let norm_len = scratch.as_ref().map(|s| s.win.digit_mask().len());
+        SCRATCH.with(|c| c.set(scratch));
+        (out.findings.len(), norm_len)
+    };
+    let small = b"mail alice@example.com about it".repeat(100);
+    assert_eq!(kept(&small), (100, Some(small.len().div_ceil(64))));
+    let large = vec![b'a'; SCRATCH_KEEP + 1];
+    assert_eq!(kept(&large), (0, None));
+    // and the next small request starts a new set
+    assert_eq!(kept(&small), (100, Some(small.len().div_ceil(64))));
+}
