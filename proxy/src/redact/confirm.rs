@@ -246,18 +246,25 @@ impl Matcher {
         }
     }
 
-    /// The strings every match starts with, for the matchers whose matches
-    /// begin at a word start with their rule's literal (`trigger` finds
-    /// those positions already): JWTs and the prefixed tokens.
+    /// True for the matchers whose matches begin at a word start with
+    /// their rule's literal (`trigger` finds those positions already): JWTs
+    /// and the prefixed tokens.
+    pub(crate) fn starts_at_literals(self) -> bool {
+        matches!(self, Matcher::Jwt | Matcher::Prefixed(_))
+    }
+
+    /// The strings every match starts with, for the matchers that
+    /// [start at literals](Matcher::starts_at_literals).
+    #[cfg(test)]
     pub(crate) fn literal_starts(self) -> Option<Vec<&'static [u8]>> {
         match self {
-            Matcher::Jwt => Some(vec![b"eyJ".as_slice()]),
+            _ if !self.starts_at_literals() => None,
             Matcher::Prefixed(alts) => Some(
                 alts.iter()
                     .flat_map(|a| a.prefixes.iter().copied())
                     .collect(),
             ),
-            _ => None,
+            _ => Some(vec![b"eyJ".as_slice()]),
         }
     }
 
@@ -524,19 +531,20 @@ fn domain(h: &[u8], d: usize) -> Option<usize> {
     if !label(d, e1) {
         return None;
     }
-    // starts of the parts after each dot, while the parts before are labels
-    let mut starts: Vec<usize> = Vec::new();
+    // the last part, after a dot, that ends a domain (the parts before it
+    // all labels): the longest domain
+    let mut found = None;
     let mut e = e1;
     while h.get(e) == Some(&b'.') {
         let s = e + 1;
-        starts.push(s);
+        found = tld(s).or(found);
         let pe = part_end(s);
         if !label(s, pe) {
             break;
         }
         e = pe;
     }
-    starts.iter().rev().find_map(|&s| tld(s))
+    found
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod normalize;
 mod simd;
 mod trigger;
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -602,7 +603,7 @@ impl Redactor {
                             .rules
                             .get(i)
                             .and_then(|r| r.fast)
-                            .filter(|f| f.literal_starts().is_some())
+                            .filter(|f| f.starts_at_literals())
                         {
                             Some(f) => {
                                 let at = lit_at.iter().filter(|x| x.1 == k).map(|x| x.0);
@@ -1139,16 +1140,19 @@ impl Scan<'_, '_> {
             }) = path.last()
             {
                 let kraw = body.get(*ks..*ke).unwrap_or_default();
-                let kname = if *escaped {
-                    json::decode_string(kraw)
-                } else {
-                    String::from_utf8_lossy(kraw).into_owned()
+                let kname = || {
+                    if *escaped {
+                        Cow::Owned(json::decode_string(kraw))
+                    } else {
+                        String::from_utf8_lossy(kraw)
+                    }
                 };
                 let t = text.trim();
-                if secret_key_name(&kname)
-                    && (8..=512).contains(&t.len())
+                // the value's shape first: most values are prose
+                if (8..=512).contains(&t.len())
                     && !t.contains(char::is_whitespace)
                     && !t.starts_with('[')
+                    && secret_key_name(&kname())
                     && detectors::validate(Validator::Entropy(floor), t, 0, t.len()).is_some()
                 {
                     let off = text.len() - text.trim_start().len();
