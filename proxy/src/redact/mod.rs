@@ -1225,6 +1225,7 @@ impl Scan<'_, '_> {
             p.push_str("{key}");
         }
         let p: Arc<str> = p.into();
+        let mut cur = 0;
         for &h in kept {
             let Some(m) = self.r.meta.get(h.meta) else {
                 continue;
@@ -1232,7 +1233,7 @@ impl Scan<'_, '_> {
             let (a, b) = if fast {
                 (start + h.s, start + h.e)
             } else {
-                norm.raw_span(h.s, h.e)
+                norm.raw_span_from(h.s, h.e, &mut cur)
             };
             self.findings.push(Finding {
                 kind: m.kind.clone(),

@@ -37,20 +37,41 @@ pub(crate) struct Norm {
 }
 
 impl Norm {
-    fn seg(&self, at: usize) -> Option<&Span> {
-        let i = self.spans.partition_point(|sp| sp.norm as usize <= at);
-        self.spans.get(i.checked_sub(1)?)
+    /// The segment holding normalised offset `at`: the last one starting at
+    /// or before it. `cur` is where the previous lookup ended; lookups at
+    /// rising offsets (the sorted hits of one string) walk on from there
+    /// instead of searching the whole map each time.
+    fn seg(&self, at: usize, cur: &mut usize) -> Option<&Span> {
+        let starts_by = |i: usize| self.spans.get(i).is_some_and(|sp| sp.norm as usize <= at);
+        let mut i = *cur;
+        if !starts_by(i) {
+            // behind the cursor (or no cursor yet): search
+            i = self.spans.partition_point(|sp| sp.norm as usize <= at);
+            i = i.checked_sub(1)?;
+        }
+        while starts_by(i + 1) {
+            i += 1;
+        }
+        *cur = i;
+        self.spans.get(i)
     }
 
     /// Raw body span of the normalised byte range `s..e` (`s < e`).
+    #[cfg(test)]
     pub fn raw_span(&self, s: usize, e: usize) -> (usize, usize) {
-        let a = match self.seg(s) {
+        self.raw_span_from(s, e, &mut 0)
+    }
+
+    /// [`Norm::raw_span`] with a cursor: for spans asked for in rising
+    /// order, `cur` (start at 0) makes the lookups one walk over the map.
+    pub fn raw_span_from(&self, s: usize, e: usize, cur: &mut usize) -> (usize, usize) {
+        let a = match self.seg(s, cur) {
             Some(sp) if sp.identity => sp.raw as usize + (s - sp.norm as usize),
             Some(sp) => sp.raw as usize,
             None => 0,
         };
         let last = e.saturating_sub(1).max(s);
-        let b = match self.seg(last) {
+        let b = match self.seg(last, cur) {
             Some(sp) if sp.identity => sp.raw as usize + (last - sp.norm as usize) + 1,
             Some(sp) => (sp.raw + sp.raw_len) as usize,
             None => a,

@@ -96,6 +96,21 @@ pub(crate) fn next_set(m: &[u64], pos: usize) -> Option<usize> {
     }
 }
 
+/// Clear bits `s..e` of `m` (bits past its end are ignored).
+pub(crate) fn clear_range(m: &mut [u64], s: usize, e: usize) {
+    let mut p = s;
+    while p < e {
+        let (k, off) = (p / 64, p % 64);
+        let n = (e - p).min(64 - off);
+        let bits = if n == 64 { !0 } else { ((1u64 << n) - 1) << off };
+        match m.get_mut(k) {
+            Some(w) => *w &= !bits,
+            None => return,
+        }
+        p += n;
+    }
+}
+
 /// First clear bit at or after `pos` in `m` (the end of a run of set bits).
 #[inline]
 pub(crate) fn next_clear(m: &[u64], pos: usize) -> usize {
@@ -700,6 +715,20 @@ mod tests {
         let u = "ﬁle 4１１1 a\\n";
         assert_eq!(first(u), 0);
         assert_eq!(first(&u[3..]), u[3..].find('１').unwrap());
+    }
+
+    #[test]
+    fn clear_range_clears_exactly_its_bits() {
+        for s in 0..200 {
+            for len in [0, 1, 2, 5, 63, 64, 65, 130, 300] {
+                let mut m = vec![!0u64; 3];
+                clear_range(&mut m, s, s + len);
+                for p in 0..192 {
+                    let set = m[p / 64] >> (p % 64) & 1 == 1;
+                    assert_eq!(set, !(s..s + len).contains(&p), "{s}+{len} at {p}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -177,6 +177,33 @@ fn normalised_offsets_map_back_to_raw_units() {
     assert_eq!(n.raw_span(7, 8), (35, 41));
 }
 
+/// The cursor lookup finds what a fresh search finds, for spans asked for
+/// in rising order (as `record` does) and for one asked out of order.
+#[test]
+fn raw_span_cursor_agrees_with_search() {
+    let raw = r"a
+bé c​d\u0041 １２x	y   z";
+    let mut n = normalize::Norm::default();
+    normalize::normalize(raw, 3, true, &mut n);
+    let len = n.text.len();
+    let mut checked = 0;
+    for step in 1..4 {
+        let mut cur = 0;
+        let mut s = 0;
+        while s < len {
+            let e = (s + step).min(len);
+            if n.text.is_char_boundary(s) && n.text.is_char_boundary(e) {
+                assert_eq!(n.raw_span_from(s, e, &mut cur), n.raw_span(s, e), "{s}..{e}");
+                checked += 1;
+            }
+            s = e;
+        }
+        // backwards: the cursor is past, the lookup must search again
+        assert_eq!(n.raw_span_from(0, 1, &mut cur), n.raw_span(0, 1));
+    }
+    assert!(checked > 20, "{checked}");
+}
+
 #[test]
 fn luhn_and_mod97() {
     assert!(detectors::luhn(&[

@@ -225,6 +225,9 @@ pub(crate) struct Windows {
     pub lower: Vec<u8>,
     /// Where token literals were found in a window (a reused buffer).
     pub lit_at: Vec<(usize, usize)>,
+    /// The digits where a cluster may start: the digit mask less the
+    /// UUID / hash runs (a reused buffer).
+    starts: Vec<u64>,
 }
 
 impl Windows {
@@ -315,9 +318,11 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         push(&mut w.pem, (at, b.len()));
     }
 
-    let mut hex_runs: Vec<(usize, usize)> = Vec::new();
     let masks = &mut w.masks;
     masks.fill(b);
+    let starts = &mut w.starts;
+    starts.clear();
+    starts.extend_from_slice(&masks.digit);
     // Token runs of 16+ bytes, from the token-class mask.
     let mut i = 0usize;
     while let Some((s, e)) = simd::next_run(&masks.token, i, TOKEN_RUN) {
@@ -325,7 +330,8 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
         // hashes) cannot hold any token format
         if simd::hexish(&b[s..e]) {
-            hex_runs.push((s, e));
+            // the digits in it start no cluster
+            simd::clear_range(starts, s, e);
         } else {
             let ws = expand_left(b, s, 24);
             push(&mut w.token, (ws, e));
@@ -333,19 +339,19 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
         i = e + 1;
     }
 
-    digit_windows(text, min_digits, &hex_runs, w);
+    digit_windows(text, min_digits, w);
 }
 
 /// Digit clusters: digits with gaps of at most two separator bytes, each
 /// opening a window in `w.digits` when its shape fits a digit rule.
-fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: &mut Windows) {
+fn digit_windows(text: &str, min_digits: usize, w: &mut Windows) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("popcnt") {
         // SAFETY: the CPU has POPCNT (checked just above).
-        unsafe { digit_windows_popcnt(text, min_digits, hex_runs, w) };
+        unsafe { digit_windows_popcnt(text, min_digits, w) };
         return;
     }
-    digit_windows_in(text, min_digits, hex_runs, w);
+    digit_windows_in(text, min_digits, w);
 }
 
 /// [`digit_windows`] compiled with the POPCNT instruction: each candidate
@@ -356,22 +362,18 @@ fn digit_windows(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: 
 /// The CPU must have POPCNT.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-unsafe fn digit_windows_popcnt(
-    text: &str,
-    min_digits: usize,
-    hex_runs: &[(usize, usize)],
-    w: &mut Windows,
-) {
-    digit_windows_in(text, min_digits, hex_runs, w);
+unsafe fn digit_windows_popcnt(text: &str, min_digits: usize, w: &mut Windows) {
+    digit_windows_in(text, min_digits, w);
 }
 
 #[inline(always)]
-fn digit_windows_in(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], w: &mut Windows) {
+fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
     let b = text.as_bytes();
     let masks = &w.masks;
     let mut i = 0usize;
-    let mut hx = 0usize;
-    while let Some(s) = simd::next_set(&masks.digit, i) {
+    // every cluster start is the first digit of a run (the walk below
+    // resumes past the end of a run or cluster)
+    while let Some(s) = simd::next_set(&w.starts, i) {
         if s >= b.len() {
             break;
         }
@@ -380,14 +382,6 @@ fn digit_windows_in(text: &str, min_digits: usize, hex_runs: &[(usize, usize)], 
         if simd::count(&masks.digit, s, 10) < 4 {
             // the rest of this run of digits starts a shorter cluster still
             i = simd::next_clear(&masks.digit, s);
-            continue;
-        }
-        // inside a UUID / hash run found above: not a number
-        while hex_runs.get(hx).is_some_and(|r| r.1 <= s) {
-            hx += 1;
-        }
-        if hex_runs.get(hx).is_some_and(|r| r.0 <= s) {
-            i = hex_runs.get(hx).map_or(s + 1, |r| r.1).max(s + 1);
             continue;
         }
         // Seven digits with such gaps lie within 19 bytes. With fewer, only
