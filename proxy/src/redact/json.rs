@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use super::simd::{next_set, special_mask};
+use super::simd::next_set;
 
 /// Deepest nesting accepted (serde_json's default recursion limit).
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -53,9 +53,15 @@ pub(crate) enum JsonError {
 }
 
 /// Walk `b` (which the caller has checked is UTF-8), calling `v` for every string.
+#[cfg(test)]
 pub(crate) fn walk<V: Visitor>(b: &[u8], v: &mut V) -> Result<(), JsonError> {
-    let mut special = Vec::new();
-    special_mask(b, &mut special);
+    let (mut special, mut stops) = (Vec::new(), Vec::new());
+    super::simd::body_masks(b, &mut special, &mut stops);
+    walk_with(b, &special, v)
+}
+
+/// [`walk`] given the special-byte mask of `b` (`simd::body_masks`).
+pub(crate) fn walk_with<V: Visitor>(b: &[u8], special: &[u64], v: &mut V) -> Result<(), JsonError> {
     let mut w = Walker {
         b,
         i: 0,
@@ -75,8 +81,8 @@ struct Walker<'a> {
     b: &'a [u8],
     i: usize,
     path: Vec<Seg>,
-    /// Where the `"`, `\` and control bytes of `b` are (`simd::special_mask`).
-    special: Vec<u64>,
+    /// Where the `"`, `\` and control bytes of `b` are (`simd::body_masks`).
+    special: &'a [u64],
 }
 
 /// Keys seen so far in one object; a linear scan while small.
@@ -191,7 +197,7 @@ impl<'a> Walker<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            self.i = next_set(&self.special, self.i).map_or(self.b.len(), |k| k.min(self.b.len()));
+            self.i = next_set(self.special, self.i).map_or(self.b.len(), |k| k.min(self.b.len()));
             match self.b.get(self.i) {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {

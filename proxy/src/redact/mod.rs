@@ -502,6 +502,13 @@ impl Redactor {
         };
         let mut scratch = SCRATCH.with(Cell::take).unwrap_or_default();
         scratch.repl.clear();
+        let (mut special, mut stops) = (
+            std::mem::take(&mut scratch.special),
+            std::mem::take(&mut scratch.stops),
+        );
+        if json {
+            simd::body_masks(input, &mut special, &mut stops);
+        }
         let mut scan = Scan {
             r: self,
             body: input,
@@ -515,9 +522,10 @@ impl Redactor {
             norm: std::mem::take(&mut scratch.norm),
             hits: std::mem::take(&mut scratch.hits),
             win: std::mem::take(&mut scratch.win),
+            body_stops: json.then_some(&stops[..]),
         };
         let walked = if json {
-            json::walk(input, &mut scan).map_err(|e| match e {
+            json::walk_with(input, &special, &mut scan).map_err(|e| match e {
                 json::JsonError::Syntax(m) => Refusal::BadJson(m),
                 json::JsonError::Duplicate(m) => Refusal::DuplicateKey(m),
             })
@@ -552,6 +560,7 @@ impl Redactor {
         // body grew them (they would hold that memory for good)
         if input.len() <= SCRATCH_KEEP {
             (scratch.norm, scratch.hits, scratch.win, scratch.repl) = (norm, hits, win, repl);
+            (scratch.special, scratch.stops) = (special, stops);
             SCRATCH.with(|c| c.set(Some(scratch)));
         }
         walked?;
@@ -784,6 +793,9 @@ struct Scratch {
     hits: Vec<Hit>,
     win: Windows,
     repl: Vec<(usize, usize, Token)>,
+    /// The body's special-byte and normalisation-stop masks.
+    special: Vec<u64>,
+    stops: Vec<u64>,
 }
 
 /// Largest body whose buffers are kept for the next request (bigger ones
@@ -1084,6 +1096,8 @@ struct Scan<'r, 'b> {
     norm: Norm,
     hits: Vec<Hit>,
     win: Windows,
+    /// The normalisation stops of the whole body, when it is JSON.
+    body_stops: Option<&'b [u64]>,
 }
 
 impl Scan<'_, '_> {
@@ -1128,7 +1142,8 @@ impl Scan<'_, '_> {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         let raw_text = self.text.get(start..end).unwrap_or_default();
-        let fast = !normalize::normalize_if_needed(raw_text, start, json, &mut norm);
+        let fast =
+            !normalize::normalize_if_needed(raw_text, start, json, self.body_stops, &mut norm);
         let text: &str = if fast { raw_text } else { &norm.text };
         self.r.scan_text(text, &mut self.win, &mut hits);
         if let (Some((mi, floor)), false, true) = (self.r.secret_key, is_key, json) {

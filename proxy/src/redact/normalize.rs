@@ -14,7 +14,7 @@
 
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-use super::simd::{next_set, stop_mask};
+use super::simd::{copy_bits, next_set, stop_mask};
 
 /// A stretch of normalised text and the raw bytes it came from. An identity
 /// segment maps byte for byte; any other is one unit (an escape, a changed
@@ -103,6 +103,19 @@ impl Norm {
         self.text.push_str(t);
     }
 
+    /// [`Norm::push_unit`] for an ASCII character (never ignorable, its
+    /// own NFKC form) from `raw_len` raw bytes at `raw`.
+    #[inline]
+    fn push_ascii_unit(&mut self, c: u8, raw: usize, raw_len: usize) {
+        self.spans.push(Span {
+            norm: self.text.len() as u32,
+            raw: raw as u32,
+            raw_len: raw_len as u32,
+            identity: false,
+        });
+        self.text.push(char::from(c));
+    }
+
     fn push_unit(&mut self, c: char, raw: usize, raw_end: usize) {
         if is_ignorable(c) {
             return;
@@ -157,9 +170,21 @@ fn nfkc_stable(c: char) -> bool {
 /// holds an escape, or a character that normalisation would change or
 /// drop. Text made only of ASCII and characters NFKC keeps (accented
 /// letters, quotes, dashes, CJK) is scanned in place: then `false`.
-pub(crate) fn normalize_if_needed(raw: &str, base: usize, json: bool, out: &mut Norm) -> bool {
+///
+/// `body_stops` is the stop mask of the whole body `raw` is part of (at
+/// `base`), if the caller has it ([`super::simd::body_masks`]).
+pub(crate) fn normalize_if_needed(
+    raw: &str,
+    base: usize,
+    json: bool,
+    body_stops: Option<&[u64]>,
+    out: &mut Norm,
+) -> bool {
     let mut stops = std::mem::take(&mut out.stops);
-    stop_mask(raw.as_bytes(), &mut stops);
+    match body_stops {
+        Some(m) => copy_bits(m, base, raw.len(), &mut stops),
+        None => stop_mask(raw.as_bytes(), &mut stops),
+    }
     let need = needs(raw, &stops);
     if need {
         normalize_with(raw, base, json, &stops, out);
@@ -245,6 +270,17 @@ fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut 
         };
         if b[i] == b'\\' {
             out.push_identity(text.get(run..i).unwrap_or_default(), base + run);
+            // the common one-level escapes (newlines above all), without
+            // the general decoder: one ASCII byte for two raw ones
+            if let Some(d) = json
+                .then(|| b.get(i + 1).and_then(|&c| simple_json(c)))
+                .flatten()
+            {
+                out.push_ascii_unit(d, base + i, 2);
+                i += 2;
+                run = i;
+                continue;
+            }
             let (c, end) = escape_at(b, i, json);
             out.push_unit(c, base + i, base + end);
             i = end;
@@ -267,6 +303,22 @@ fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut 
         i = end;
     }
     out.push_identity(text.get(run..).unwrap_or_default(), base + run);
+}
+
+/// The byte a JSON escape `\c` stands for, for the escapes of one
+/// character other than `\\` (which may start an escape one level down).
+#[inline]
+fn simple_json(c: u8) -> Option<u8> {
+    Some(match c {
+        b'n' => b'\n',
+        b't' => b'\t',
+        b'r' => b'\r',
+        b'"' => b'"',
+        b'/' => b'/',
+        b'b' => 0x08,
+        b'f' => 0x0C,
+        _ => return None,
+    })
 }
 
 /// Decode the escape starting at `b[i] == '\\'`; returns the character and
@@ -320,6 +372,30 @@ fn escape_at(b: &[u8], i: usize, json: bool) -> (char, usize) {
             },
             None => ('\\', i + 1),
         }
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    /// The short path for one-character escapes decodes as the general
+    /// decoder does, and only those escapes take it.
+    #[test]
+    fn simple_escapes_decode_as_the_general_decoder() {
+        for c in 0..=255u8 {
+            let raw = [b'\\', c];
+            match simple_json(c) {
+                Some(d) => assert_eq!(escape_at(&raw, 0, true), (char::from(d), 2), "{c}"),
+                None => assert!(!b"ntr\"/bf".contains(&c), "{c}"),
+            }
+        }
+        let mut n = Norm::default();
+        normalize(r#"a\nb\t\"c\/\\n"#, 100, true, &mut n);
+        assert_eq!(n.text, "a\nb\t\"c/\n");
+        assert_eq!(n.raw_span(1, 2), (101, 103));
+        assert_eq!(n.raw_span(2, 3), (103, 104));
+        assert_eq!(n.raw_span(7, 8), (111, 114));
     }
 }
 

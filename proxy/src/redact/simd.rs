@@ -102,7 +102,11 @@ pub(crate) fn clear_range(m: &mut [u64], s: usize, e: usize) {
     while p < e {
         let (k, off) = (p / 64, p % 64);
         let n = (e - p).min(64 - off);
-        let bits = if n == 64 { !0 } else { ((1u64 << n) - 1) << off };
+        let bits = if n == 64 {
+            !0
+        } else {
+            ((1u64 << n) - 1) << off
+        };
         match m.get_mut(k) {
             Some(w) => *w &= !bits,
             None => return,
@@ -179,24 +183,8 @@ pub(crate) fn next_run(m: &[u64], pos: usize, min: usize) -> Option<(usize, usiz
     None
 }
 
-/// The bytes of `b` that are `"`, `\` or a control character (what ends a
-/// run of plain JSON string content), as a bit mask in `out`: one pass over
-/// the body, then the walker jumps from one to the next in the mask.
-pub(crate) fn special_mask(b: &[u8], out: &mut Vec<u64>) {
-    special_mask_with(b, out, wide());
-}
-
-/// [`special_mask`] with the AVX2 kernel (`wide`) or the SSE2 one.
-pub(crate) fn special_mask_with(b: &[u8], out: &mut Vec<u64>, wide: bool) {
-    out.clear();
-    out.resize(b.len().div_ceil(64), 0);
-    let mut i = 0usize;
-    #[cfg(target_arch = "x86_64")]
-    if wide && self::wide() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        i = unsafe { avx2::special_mask(b, out) };
-    }
-    let _ = wide;
+/// The special bytes of `b` from `i` (a multiple of 16) on, into `out`.
+fn special_from(b: &[u8], out: &mut [u64], mut i: usize) {
     while let Some(a) = b.get(i..i + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
         // 16 bits at a multiple of 16: within one word
         if let Some(w) = out.get_mut(i / 64) {
@@ -267,6 +255,54 @@ pub(crate) fn stop_mask_with(b: &[u8], out: &mut Vec<u64>, wide: bool) {
         i = unsafe { avx2::stop_mask(b, out) };
     }
     let _ = wide;
+    stops_from(b, out, i);
+}
+
+/// Two masks of a whole body in one pass: its bytes that are `"`, `\` or
+/// a control character (what ends a run of plain JSON string content: the
+/// walker jumps from one to the next) into `special`, and its
+/// normalisation stops ([`stop_mask`]) into `stops` (each string's are then
+/// [copied](copy_bits) out rather than found in a second pass over it).
+pub(crate) fn body_masks(b: &[u8], special: &mut Vec<u64>, stops: &mut Vec<u64>) {
+    body_masks_with(b, special, stops, wide());
+}
+
+/// [`body_masks`] with the AVX2 kernel (`wide`) or the SSE2 ones.
+pub(crate) fn body_masks_with(b: &[u8], special: &mut Vec<u64>, stops: &mut Vec<u64>, wide: bool) {
+    for m in [&mut *special, &mut *stops] {
+        m.clear();
+        m.resize(b.len().div_ceil(64), 0);
+    }
+    let mut i = 0usize;
+    #[cfg(target_arch = "x86_64")]
+    if wide && self::wide() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        i = unsafe { avx2::body_masks(b, special, stops) };
+    }
+    let _ = wide;
+    special_from(b, special, i);
+    stops_from(b, stops, i);
+}
+
+/// Bits `start..start + len` of `src` as a mask of their own in `out`
+/// (bit 0 of `out` is bit `start` of `src`); bits past `src` read as 0.
+pub(crate) fn copy_bits(src: &[u64], start: usize, len: usize, out: &mut Vec<u64>) {
+    out.clear();
+    let (k0, sh) = (start / 64, (start % 64) as u32);
+    let word = |k: usize| src.get(k).copied().unwrap_or(0);
+    out.extend((0..len.div_ceil(64)).map(|j| match sh {
+        0 => word(k0 + j),
+        _ => word(k0 + j) >> sh | word(k0 + j + 1) << (64 - sh),
+    }));
+    if let Some(last) = out.last_mut() {
+        if !len.is_multiple_of(64) {
+            *last &= (1u64 << (len % 64)) - 1;
+        }
+    }
+}
+
+/// The normalisation stops of `b` from `i` (a multiple of 32) on, into `out`.
+fn stops_from(b: &[u8], out: &mut [u64], mut i: usize) {
     while let Some(a) = b.get(i..i + 18).and_then(|c| <&[u8; 18]>::try_from(c).ok()) {
         let m = u64::from(sse2::norm_stop(a));
         // 16 bits at `i`: within one word when `i % 64 <= 48`, which holds
@@ -486,20 +522,23 @@ mod avx2 {
         _mm256_or_si256(a, b)
     }
 
-    /// The `"`, `\` and control bytes of `b` into `out` (one bit per
-    /// byte), 32 a step; returns where the steps stopped (a multiple of 32).
+    /// The special bytes (`"`, `\`, control) and the normalisation stops
+    /// of `b` in one pass, sharing the loads;
+    /// returns where the steps stopped (a multiple of 32).
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn special_mask(b: &[u8], out: &mut [u64]) -> usize {
+    pub(super) unsafe fn body_masks(b: &[u8], special: &mut [u64], stop: &mut [u64]) -> usize {
         let mut i = 0usize;
-        while i + 32 <= b.len() {
-            // SAFETY: 32 bytes from `i` are in `b`.
-            let x = unsafe { load(b, i) };
-            let m = bits(or(or(eq(x, b'"'), eq(x, b'\\')), in_range(x, 0, 0x1f)));
-            if let Some(w) = out.get_mut(i / 64) {
-                *w |= u64::from(m) << (i % 64);
+        while i + 34 <= b.len() {
+            // SAFETY: 34 bytes from `i` are in `b`: 32 from each of i, i+1, i+2.
+            let (x, x1, x2) = unsafe { (load(b, i), load(b, i + 1), load(b, i + 2)) };
+            let sp = bits(or(or(eq(x, b'"'), eq(x, b'\\')), in_range(x, 0, 0x1f)));
+            let st = stops(x, x1, x2);
+            if let (Some(a), Some(c)) = (special.get_mut(i / 64), stop.get_mut(i / 64)) {
+                *a |= u64::from(sp) << (i % 64);
+                *c |= u64::from(st) << (i % 64);
             }
             i += 32;
         }
@@ -662,8 +701,8 @@ mod tests {
             }
             for shift in 0..64 {
                 let b = &b[shift..];
-                let mut m = Vec::new();
-                special_mask_with(b, &mut m, wide);
+                let (mut m, mut stops) = (Vec::new(), Vec::new());
+                body_masks_with(b, &mut m, &mut stops, wide);
                 assert_eq!(m.len(), b.len().div_ceil(64));
                 for (k, &c) in b.iter().enumerate() {
                     let want = c == b'"' || c == b'\\' || c < 0x20;
@@ -715,6 +754,54 @@ mod tests {
         let u = "ﬁle 4１１1 a\\n";
         assert_eq!(first(u), 0);
         assert_eq!(first(&u[3..]), u[3..].find('１').unwrap());
+    }
+
+    #[test]
+    fn body_masks_agree_with_their_own_passes() {
+        // every byte value, quotes, escapes and `E2 80 xx`, in every lane
+        let mut b: Vec<u8> = (0..=255u8).collect();
+        for x in 0x80..=0xFFu8 {
+            b.extend_from_slice(&[b'"', 0xE2, 0x80, x, b'\\', 0x1F, b'a']);
+        }
+        for wide in kernels() {
+            for shift in 0..70 {
+                let s = &b[shift..];
+                let (mut sp, mut st) = (Vec::new(), Vec::new());
+                body_masks_with(s, &mut sp, &mut st, wide);
+                let mut st1 = Vec::new();
+                stop_mask_with(s, &mut st1, false);
+                assert_eq!(st, st1, "stops, wide {wide} shift {shift}");
+                for (k, &c) in s.iter().enumerate() {
+                    let want = string_special_byte(c);
+                    assert_eq!(sp[k / 64] >> (k % 64) & 1 == 1, want, "wide {wide} at {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn copy_bits_takes_exactly_its_bits() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let src: Vec<u64> = (0..5)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            })
+            .collect();
+        let bit = |m: &[u64], p: usize| m.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
+        let mut out = Vec::new();
+        for start in 0..200 {
+            for len in [0, 1, 5, 63, 64, 65, 127, 128, 200] {
+                copy_bits(&src, start, len, &mut out);
+                assert_eq!(out.len(), len.div_ceil(64));
+                for p in 0..out.len() * 64 {
+                    let want = p < len && bit(&src, start + p);
+                    assert_eq!(bit(&out, p), want, "{start}+{len} at {p}");
+                }
+            }
+        }
     }
 
     #[test]
