@@ -16,44 +16,62 @@ use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 use super::simd::{copy_bits, next_set, stop_mask};
 
-/// A stretch of normalised text and the raw bytes it came from. An identity
-/// segment maps byte for byte; any other is one unit (an escape, a changed
-/// character) replaced whole.
+/// One stretch of raw bytes replaced whole in the normalised text (an
+/// escape, a character NFKC changes, a dropped one: `norm_len` 0). The
+/// text between units is the raw text, byte for byte, so only the units
+/// are recorded.
 #[derive(Debug, Clone, Copy)]
-struct Span {
+struct Unit {
     norm: u32,
+    norm_len: u32,
     raw: u32,
     raw_len: u32,
-    identity: bool,
 }
 
 /// Normalised text of one string plus the map back to raw body offsets.
 #[derive(Debug, Default)]
 pub(crate) struct Norm {
     pub text: String,
-    spans: Vec<Span>,
+    /// The replaced units, by position.
+    units: Vec<Unit>,
+    /// Body offset of the raw string (where the text before the first unit
+    /// starts).
+    base: usize,
     /// Where the normaliser has work in the raw string (`simd::stop_mask`).
     stops: Vec<u64>,
 }
 
 impl Norm {
-    /// The segment holding normalised offset `at`: the last one starting at
-    /// or before it. `cur` is where the previous lookup ended; lookups at
-    /// rising offsets (the sorted hits of one string) walk on from there
-    /// instead of searching the whole map each time.
-    fn seg(&self, at: usize, cur: &mut usize) -> Option<&Span> {
-        let starts_by = |i: usize| self.spans.get(i).is_some_and(|sp| sp.norm as usize <= at);
+    /// The raw span of the normalised byte at `at`: its unit's whole raw
+    /// span, or the one raw byte it was copied from. `cur` is where the
+    /// previous lookup ended; lookups at rising offsets (the sorted hits of
+    /// one string) walk on from there instead of searching the whole map.
+    fn raw_of(&self, at: usize, cur: &mut usize) -> (usize, usize) {
+        let by = |i: usize| self.units.get(i).is_some_and(|u| u.norm as usize <= at);
         let mut i = *cur;
-        if !starts_by(i) {
+        if !by(i) {
             // behind the cursor (or no cursor yet): search
-            i = self.spans.partition_point(|sp| sp.norm as usize <= at);
-            i = i.checked_sub(1)?;
+            i = self.units.partition_point(|u| u.norm as usize <= at);
+            let Some(last) = i.checked_sub(1) else {
+                // before the first unit
+                return (self.base + at, self.base + at + 1);
+            };
+            i = last;
         }
-        while starts_by(i + 1) {
+        while by(i + 1) {
             i += 1;
         }
         *cur = i;
-        self.spans.get(i)
+        let Some(u) = self.units.get(i) else {
+            return (self.base + at, self.base + at + 1);
+        };
+        let (norm_end, raw_end) = ((u.norm + u.norm_len) as usize, (u.raw + u.raw_len) as usize);
+        if at < norm_end {
+            (u.raw as usize, raw_end)
+        } else {
+            let r = raw_end + (at - norm_end);
+            (r, r + 1)
+        }
     }
 
     /// Raw body span of the normalised byte range `s..e` (`s < e`).
@@ -65,80 +83,44 @@ impl Norm {
     /// [`Norm::raw_span`] with a cursor: for spans asked for in rising
     /// order, `cur` (start at 0) makes the lookups one walk over the map.
     pub fn raw_span_from(&self, s: usize, e: usize, cur: &mut usize) -> (usize, usize) {
-        let a = match self.seg(s, cur) {
-            Some(sp) if sp.identity => sp.raw as usize + (s - sp.norm as usize),
-            Some(sp) => sp.raw as usize,
-            None => 0,
-        };
-        let last = e.saturating_sub(1).max(s);
-        let b = match self.seg(last, cur) {
-            Some(sp) if sp.identity => sp.raw as usize + (last - sp.norm as usize) + 1,
-            Some(sp) => (sp.raw + sp.raw_len) as usize,
-            None => a,
-        };
+        let a = self.raw_of(s, cur).0;
+        let b = self.raw_of(e.saturating_sub(1).max(s), cur).1;
         (a, b.max(a))
     }
 
-    fn push_identity(&mut self, t: &str, raw: usize) {
-        if t.is_empty() {
-            return;
-        }
-        let n = self.text.len();
-        if let Some(last) = self.spans.last_mut() {
-            if last.identity
-                && (last.norm + last.raw_len) as usize == n
-                && (last.raw + last.raw_len) as usize == raw
-            {
-                last.raw_len += t.len() as u32;
-                self.text.push_str(t);
-                return;
-            }
-        }
-        self.spans.push(Span {
+    /// Record the raw bytes `raw..raw + raw_len` as replaced by what was
+    /// pushed to the text since `n`.
+    #[inline]
+    fn unit(&mut self, n: usize, raw: usize, raw_len: usize) {
+        self.units.push(Unit {
             norm: n as u32,
+            norm_len: (self.text.len() - n) as u32,
             raw: raw as u32,
-            raw_len: t.len() as u32,
-            identity: true,
+            raw_len: raw_len as u32,
         });
-        self.text.push_str(t);
     }
 
     /// [`Norm::push_unit`] for an ASCII character (never ignorable, its
     /// own NFKC form) from `raw_len` raw bytes at `raw`.
     #[inline]
     fn push_ascii_unit(&mut self, c: u8, raw: usize, raw_len: usize) {
-        self.spans.push(Span {
-            norm: self.text.len() as u32,
-            raw: raw as u32,
-            raw_len: raw_len as u32,
-            identity: false,
-        });
+        let n = self.text.len();
         self.text.push(char::from(c));
+        self.unit(n, raw, raw_len);
     }
 
     fn push_unit(&mut self, c: char, raw: usize, raw_end: usize) {
-        if is_ignorable(c) {
-            return;
-        }
         let n = self.text.len();
         if c.is_ascii() {
             self.text.push(c);
-        } else {
+        } else if !is_ignorable(c) {
             for x in std::iter::once(c).nfkc() {
                 if !is_ignorable(x) {
                     self.text.push(x);
                 }
             }
-            if self.text.len() == n {
-                return;
-            }
         }
-        self.spans.push(Span {
-            norm: n as u32,
-            raw: raw as u32,
-            raw_len: (raw_end - raw) as u32,
-            identity: false,
-        });
+        self.unit(n, raw, raw_end - raw);
     }
 }
 
@@ -257,7 +239,8 @@ pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
 /// [`normalize`] given the string's stop mask.
 fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut Norm) {
     out.text.clear();
-    out.spans.clear();
+    out.units.clear();
+    out.base = base;
     out.text.reserve(text.len());
     let b = text.as_bytes();
     // start of the stretch copied unchanged (ASCII and NFKC-stable characters)
@@ -269,7 +252,7 @@ fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut 
             _ => break,
         };
         if b[i] == b'\\' {
-            out.push_identity(text.get(run..i).unwrap_or_default(), base + run);
+            out.text.push_str(text.get(run..i).unwrap_or_default());
             // the common one-level escapes (newlines above all), without
             // the general decoder: one ASCII byte for two raw ones
             if let Some(d) = json
@@ -281,13 +264,13 @@ fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut 
                 run = i;
                 continue;
             }
-            let (c, end) = escape_at(b, i, json);
+            let (c, mut end) = escape_at(b, i, json);
+            // an escape is ASCII, so `end` is a boundary; stay safe if not
+            while end < b.len() && !text.is_char_boundary(end) {
+                end += 1;
+            }
             out.push_unit(c, base + i, base + end);
             i = end;
-            // an escape is ASCII, so `end` is a boundary; stay safe if not
-            while i < b.len() && !text.is_char_boundary(i) {
-                i += 1;
-            }
             run = i;
             continue;
         }
@@ -296,13 +279,13 @@ fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut 
         };
         let end = i + c.len_utf8();
         if !nfkc_stable(c) {
-            out.push_identity(text.get(run..i).unwrap_or_default(), base + run);
+            out.text.push_str(text.get(run..i).unwrap_or_default());
             out.push_unit(c, base + i, base + end);
             run = end;
         }
         i = end;
     }
-    out.push_identity(text.get(run..).unwrap_or_default(), base + run);
+    out.text.push_str(text.get(run..).unwrap_or_default());
 }
 
 /// The byte a JSON escape `\c` stands for, for the escapes of one

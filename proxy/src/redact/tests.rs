@@ -177,6 +177,67 @@ fn normalised_offsets_map_back_to_raw_units() {
     assert_eq!(n.raw_span(7, 8), (35, 41));
 }
 
+/// Every normalised range maps back to exactly the raw bytes it came
+/// from, on strings built from pieces whose raw and normalised forms are
+/// known: copied bytes map one to one, a replaced unit maps whole.
+#[test]
+fn normalised_ranges_map_to_their_raw_pieces() {
+    // (raw, normalised): copied, escaped, dropped, changed, two levels down
+    const PIECES: &[(&str, &str)] = &[
+        ("a", "a"),
+        ("xy", "xy"),
+        ("é", "é"),
+        ("—", "—"),
+        (r"\n", "\n"),
+        (r"\t", "\t"),
+        (r"\u0040", "@"),
+        ("\u{200b}", ""),
+        (r"\u200b", ""),
+        ("１", "1"),
+        ("ﬁ", "fi"),
+        (r"\\u0041", "A"),
+        (r"\\n", "\n"),
+    ];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut checked = 0;
+    for _ in 0..200 {
+        let (mut raw, mut want_text) = (String::new(), String::new());
+        // per normalised byte: the raw span it maps to
+        let mut map: Vec<(usize, usize)> = Vec::new();
+        for _ in 0..12 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let (r, n) = PIECES[(seed % PIECES.len() as u64) as usize];
+            let at = 1000 + raw.len();
+            let copied = r == n;
+            for k in 0..n.len() {
+                map.push(if copied {
+                    (at + k, at + k + 1)
+                } else {
+                    (at, at + r.len())
+                });
+            }
+            raw.push_str(r);
+            want_text.push_str(n);
+        }
+        let mut norm = normalize::Norm::default();
+        normalize::normalize(&raw, 1000, true, &mut norm);
+        assert_eq!(norm.text, want_text, "{raw:?}");
+        let t = &norm.text;
+        for s in (0..t.len()).filter(|&s| t.is_char_boundary(s)) {
+            let mut cur = 0;
+            for e in (s + 1..=t.len()).filter(|&e| t.is_char_boundary(e)) {
+                let want = (map[s].0, map[e - 1].1);
+                assert_eq!(norm.raw_span(s, e), want, "{raw:?} {s}..{e}");
+                assert_eq!(norm.raw_span_from(s, e, &mut cur), want, "{raw:?} {s}..{e}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 10_000, "{checked}");
+}
+
 /// The cursor lookup finds what a fresh search finds, for spans asked for
 /// in rising order (as `record` does) and for one asked out of order.
 #[test]
