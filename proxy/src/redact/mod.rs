@@ -644,8 +644,8 @@ impl Redactor {
             let b = text.as_bytes();
             let lower = &mut win.lower;
             lower.clear();
-            lower.extend_from_slice(b);
-            lower.make_ascii_lowercase();
+            // one pass (copy and fold), which the compiler vectorises
+            lower.extend(b.iter().map(u8::to_ascii_lowercase));
             let mut push = |s: usize, e: usize, pattern: usize| {
                 if word_edge(text, s, true) && word_edge(text, e, false) {
                     if let Some(&mi) = self.dict_meta.get(pattern) {
