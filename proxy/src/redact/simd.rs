@@ -289,11 +289,22 @@ pub(crate) fn body_masks_with(b: &[u8], special: &mut Vec<u64>, stops: &mut Vec<
 pub(crate) fn copy_bits(src: &[u64], start: usize, len: usize, out: &mut Vec<u64>) {
     out.clear();
     let (k0, sh) = (start / 64, (start % 64) as u32);
-    let word = |k: usize| src.get(k).copied().unwrap_or(0);
-    out.extend((0..len.div_ceil(64)).map(|j| match sh {
-        0 => word(k0 + j),
-        _ => word(k0 + j) >> sh | word(k0 + j + 1) << (64 - sh),
-    }));
+    let words = len.div_ceil(64);
+    let s = src.get(k0..).unwrap_or_default();
+    if sh == 0 {
+        out.extend(s.iter().take(words));
+    } else {
+        out.extend(
+            s.windows(2)
+                .take(words)
+                .map(|w| w[0] >> sh | w[1] << (64 - sh)),
+        );
+    }
+    // the word whose next is past `src`, then zeros
+    while out.len() < words {
+        let w = src.get(k0 + out.len()).map_or(0, |w| w >> sh);
+        out.push(w);
+    }
     if let Some(last) = out.last_mut() {
         if !len.is_multiple_of(64) {
             *last &= (1u64 << (len % 64)) - 1;
@@ -567,18 +578,45 @@ mod avx2 {
     }
 
     /// Stops among 32 positions `x`, given the bytes one and two further.
+    ///
+    /// Each byte is classed by two table lookups, on its high and its low
+    /// nibble, ANDed: bit 3 marks `\\`, bit 4 a lead byte (`C0`–`FF`),
+    /// bits 0–2 the stable leads of rows `C`, `D` and `E` ([`stable_lead`]),
+    /// bit 5 `E2` (the row of the stable punctuation).
     #[inline]
     #[target_feature(enable = "avx2")]
     fn stops(x: __m256i, x1: __m256i, x2: __m256i) -> u32 {
-        let lead = in_range(x, 0xC0, 0x3F);
-        let stable = or(
-            or(eq(x, 0xC3), in_range(x, 0xD0, 4)),
-            or(in_range(x, 0xE4, 5), in_range(x, 0xEB, 2)),
+        #[rustfmt::skip]
+        const HI: [i8; 16] = [
+            0, 0, 0, 0, 0, 0x08, 0, 0,
+            0, 0, 0, 0, 0x11, 0x12, 0x34, 0x10,
+        ];
+        #[rustfmt::skip]
+        const LO: [i8; 16] = [
+            0x12, 0x12, 0x32, 0x13, 0x16, 0x14, 0x14, 0x14,
+            0x14, 0x14, 0x10, 0x14, 0x1C, 0x14, 0x10, 0x10,
+        ];
+        let table = |t: [i8; 16]| {
+            let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = t;
+            _mm256_setr_epi8(
+                a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, a, b, c, d, e, f, g, h, i, j, k, l,
+                m, n, o, p,
+            )
+        };
+        let nib = _mm256_set1_epi8(0x0F);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), nib);
+        let lo = _mm256_and_si256(x, nib);
+        let c = _mm256_and_si256(
+            _mm256_shuffle_epi8(table(HI), hi),
+            _mm256_shuffle_epi8(table(LO), lo),
         );
+        let has = |bits: u8, want: u8| eq(_mm256_and_si256(c, _mm256_set1_epi8(bits as i8)), want);
+        let backslash = has(0x08, 0x08);
+        // a lead byte with none of the stable bits
+        let unstable = has(0x17, 0x10);
         let punct3 = _mm256_andnot_si256(or(eq(x2, 0x91), eq(x2, 0x97)), in_range(x2, 0x90, 15));
-        let punct = _mm256_and_si256(_mm256_and_si256(eq(x, 0xE2), eq(x1, 0x80)), punct3);
-        let stop = _mm256_andnot_si256(or(stable, punct), lead);
-        bits(or(eq(x, b'\\'), stop))
+        let punct = _mm256_and_si256(_mm256_and_si256(has(0x20, 0x20), eq(x1, 0x80)), punct3);
+        bits(or(backslash, _mm256_andnot_si256(punct, unstable)))
     }
 
     /// Digit and token-character masks of 64 bytes (see `sse2::digit_token64`).
