@@ -580,7 +580,7 @@ mod avx2 {
     /// Stops among 32 positions `x`, given the bytes one and two further.
     ///
     /// Each byte is classed by two table lookups, on its high and its low
-    /// nibble, ANDed: bit 3 marks `\\`, bit 4 a lead byte (`C0`–`FF`),
+    /// nibble, ANDed: bit 3 marks the backslash, bit 4 a lead byte (`C0`–`FF`),
     /// bits 0–2 the stable leads of rows `C`, `D` and `E` ([`stable_lead`]),
     /// bit 5 `E2` (the row of the stable punctuation).
     #[inline]
