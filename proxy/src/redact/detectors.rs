@@ -477,7 +477,7 @@ pub(crate) fn luhn(d: &[u8]) -> bool {
 
 /// Known issuer prefixes (Visa, Mastercard, Amex, Discover, JCB, Diners,
 /// UnionPay, Maestro), with their lengths.
-fn card_iin_ok(d: &[u8]) -> bool {
+pub(crate) fn card_iin_ok(d: &[u8]) -> bool {
     let n = d.len();
     let p = |k: usize| d.iter().take(k).fold(0u32, |a, &x| a * 10 + u32::from(x));
     match d.first() {
@@ -520,6 +520,14 @@ fn card(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     while a < m.len() {
         if !m[a].is_ascii_digit() {
             a += 1;
+            continue;
+        }
+        // no issuer number starts with 0, 1, 7, 8 or 9 (`card_iin_ok`):
+        // no run from this group can be a card
+        if !(b'2'..=b'6').contains(&m[a]) {
+            while a < m.len() && m[a].is_ascii_digit() {
+                a += 1;
+            }
             continue;
         }
         let mut d = [0u8; 19];

@@ -268,6 +268,25 @@ fn raw_span_cursor_agrees_with_search() {
     assert!(checked > 20, "{checked}");
 }
 
+/// The card validator skips digit groups that start with 0, 1, 7, 8 or 9:
+/// no issuer prefix it knows does.
+#[test]
+fn no_card_issuer_starts_with_0_1_7_8_9() {
+    let mut ok = 0;
+    for p in 0..10_000u32 {
+        let head = [p / 1000, p / 100 % 10, p / 10 % 10, p % 10].map(|x| x as u8);
+        for n in 12..=19 {
+            let mut d = vec![0u8; n];
+            d[..4].copy_from_slice(&head);
+            if detectors::card_iin_ok(&d) {
+                assert!((2..=6).contains(&head[0]), "{head:?} length {n}");
+                ok += 1;
+            }
+        }
+    }
+    assert!(ok > 1000, "{ok}");
+}
+
 #[test]
 fn luhn_and_mod97() {
     assert!(detectors::luhn(&[
