@@ -13,8 +13,9 @@
 //! literals allow. See `docs/redaction.md` for numbers.
 //!
 //! Never panics on any input, and memory is bounded by `max_bytes` times a
-//! small constant (the decoded body, one normalised string and its offset map,
-//! its byte-class masks and, with dictionaries, a lowercased copy).
+//! small constant (the decoded body and its two bit masks, one normalised
+//! string and its offset map, its byte-class masks and, with dictionaries, a
+//! lowercased copy).
 
 mod config;
 mod confirm;
