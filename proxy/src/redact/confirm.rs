@@ -206,6 +206,26 @@ impl Matcher {
                 }
                 None
             }
+            // an IBAN's two check digits follow two capitals: they start a
+            // run of digits, so only the places two bytes before a run
+            // start are tried (rather than every byte of the window)
+            (Matcher::Iban, Some((m, off))) => {
+                let mut p = at + 2;
+                while let Some(d) = simd::next_set(m, off + p) {
+                    let d = d - off;
+                    if d >= h.len() {
+                        break;
+                    }
+                    let q = d - 2;
+                    if !h[d - 1].is_ascii_digit() && (q == 0 || !word(h[q - 1])) {
+                        if let Some(e) = iban(h, q) {
+                            return Some((q, e));
+                        }
+                    }
+                    p = simd::next_clear(m, off + d) - off;
+                }
+                None
+            }
             _ => {
                 let mut p = at;
                 while p < h.len() {
