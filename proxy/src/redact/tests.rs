@@ -287,6 +287,62 @@ fn no_card_issuer_starts_with_0_1_7_8_9() {
     assert!(ok > 1000, "{ok}");
 }
 
+/// The label test by last byte answers what comparing every label does.
+#[test]
+fn dob_label_by_last_byte_agrees_with_every_label() {
+    const LABELS: &[&str] = &[
+        "dob",
+        "d.o.b",
+        "d.o.b.",
+        "birth",
+        "birthdate",
+        "birth date",
+        "birthday",
+        "born",
+        "born on",
+        "geburtsdatum",
+        "naissance",
+    ];
+    let naive = |before: &[u8]| {
+        let mut end = before.len();
+        while end > 0 && matches!(before[end - 1], b' ' | b'\t' | b':' | b'=' | b'-') {
+            end -= 1;
+        }
+        let w = &before[..end];
+        LABELS.iter().any(|l| {
+            w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l.as_bytes())
+        })
+    };
+    let mut found = 0;
+    let heads = ["", "my ", "x", "the ", "DATE OF ", "re"];
+    let tails = ["", ":", " ", ": ", "=", " - ", "\t", "s", "e", ".", "n"];
+    for l in LABELS
+        .iter()
+        .chain(&["bor", "irth", "ob", "date", "on", "nce", "day"])
+    {
+        for up in [false, true] {
+            let l = if up {
+                l.to_ascii_uppercase()
+            } else {
+                l.to_string()
+            };
+            for h in heads {
+                for t in tails {
+                    let before = format!("{h}{l}{t}");
+                    let want = naive(before.as_bytes());
+                    assert_eq!(
+                        trigger::dob_label_adjacent(before.as_bytes()),
+                        want,
+                        "{before:?}"
+                    );
+                    found += usize::from(want);
+                }
+            }
+        }
+    }
+    assert!(found > 100, "{found}");
+}
+
 #[test]
 fn luhn_and_mod97() {
     assert!(detectors::luhn(&[

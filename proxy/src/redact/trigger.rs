@@ -442,7 +442,13 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
         let glued = single
             && ((s > 0 && b[s - 1].is_ascii_alphabetic())
                 || b.get(e).is_some_and(u8::is_ascii_alphabetic));
-        let iban = n >= 7 && iban_start(&b[s.saturating_sub(12)..s.min(b.len())], &b[s..e]);
+        let lo = s.saturating_sub(12);
+        let iban = n >= 7
+            && iban_start(
+                &b[lo..s.min(b.len())],
+                &b[s..e],
+                simd::count(&masks.digit, lo, s - lo) > 0,
+            );
         // A numeric date follows its label directly; a lone year may end
         // "born on 3 March 1990", so its label is looked for further back.
         let dob = n <= 8
@@ -487,7 +493,10 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
 
 /// Two capitals followed by two digits just before or at the start of a
 /// cluster: where an IBAN begins.
-fn iban_start(before: &[u8], cluster: &[u8]) -> bool {
+///
+/// `digit_before`: whether `before` has a digit (from the mask; without
+/// one, only a country code glued to the cluster can start an IBAN).
+fn iban_start(before: &[u8], cluster: &[u8], digit_before: bool) -> bool {
     let starts = |x: &[u8]| {
         x.len() >= 4
             && x[0].is_ascii_uppercase()
@@ -495,7 +504,7 @@ fn iban_start(before: &[u8], cluster: &[u8]) -> bool {
             && x[2].is_ascii_digit()
             && x[3].is_ascii_digit()
     };
-    (0..before.len()).any(|k| starts(&before[k..])) || {
+    (digit_before && (0..before.len()).any(|k| starts(&before[k..]))) || {
         // the country code glued to the cluster: "DE89 3704 ..." has the
         // cluster start at "89", two capitals right before it
         let l = before.len();
@@ -540,34 +549,57 @@ fn dob_label(before: &[u8]) -> bool {
 
 /// Whether `before` ends with a date-of-birth label, past the spaces, tabs
 /// and `:`/`=`/`-` the pattern allows between label and date.
-fn dob_label_adjacent(before: &[u8]) -> bool {
-    const LABELS: &[&[u8]] = &[
-        b"dob",
-        b"d.o.b",
-        b"d.o.b.",
-        b"birth",
-        b"birthdate",
-        b"birth date",
-        b"birthday",
-        b"born",
-        b"born on",
-        b"geburtsdatum",
-        b"naissance",
-    ];
+pub(crate) fn dob_label_adjacent(before: &[u8]) -> bool {
     let mut end = before.len();
     while end > 0 && matches!(before[end - 1], b' ' | b'\t' | b':' | b'=' | b'-') {
         end -= 1;
     }
     let w = &before[..end];
-    // a label's last byte first: most numbers are ruled out by it
-    let last = w.last().map(u8::to_ascii_lowercase);
-    if !LABELS.iter().any(|l| l.last().copied() == last) {
+    // the labels ending with the last byte (most numbers are ruled out by
+    // it), then only those compared
+    let Some(&last) = w.last() else {
         return false;
+    };
+    let mut cand = LABEL_BY_LAST[usize::from(last)];
+    while cand != 0 {
+        let l = ADJACENT_LABELS[cand.trailing_zeros() as usize];
+        cand &= cand - 1;
+        if w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l) {
+            return true;
+        }
     }
-    LABELS
-        .iter()
-        .any(|l| w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l))
+    false
 }
+
+/// The labels a date of birth may follow directly.
+const ADJACENT_LABELS: [&[u8]; 11] = [
+    b"dob",
+    b"d.o.b",
+    b"d.o.b.",
+    b"birth",
+    b"birthdate",
+    b"birth date",
+    b"birthday",
+    b"born",
+    b"born on",
+    b"geburtsdatum",
+    b"naissance",
+];
+
+/// For each byte, the [`ADJACENT_LABELS`] (bit `i`) whose last byte it is,
+/// in either case.
+const LABEL_BY_LAST: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < ADJACENT_LABELS.len() {
+        let l = ADJACENT_LABELS[i];
+        let c = l[l.len() - 1];
+        t[c.to_ascii_lowercase() as usize] |= 1 << i;
+        t[c.to_ascii_uppercase() as usize] |= 1 << i;
+        i += 1;
+    }
+    t
+};
 
 /// ASCII case-insensitive substring test; `needle` is lowercase. Checks the
 /// first byte before comparing the rest (haystacks here are ≤ 40 bytes).
