@@ -346,7 +346,16 @@ pub(crate) fn hexish(run: &[u8]) -> bool {
             letter |= alpha != 0;
         }
     }
-    for &c in chunks.remainder() {
+    let rest = chunks.remainder();
+    if !rest.is_empty() && run.len() >= 16 {
+        // the last 16 bytes, overlapping the chunks before (the test is
+        // per byte, so bytes seen twice change nothing)
+        if let Some(a) = run.last_chunk::<16>() {
+            let (ok, alpha) = sse2::hex(a);
+            return ok == 0xFFFF && (letter || alpha != 0);
+        }
+    }
+    for &c in rest {
         match c {
             b'a'..=b'f' => letter = true,
             b'0'..=b'9' | b'-' | b'.' => {}
@@ -851,6 +860,28 @@ mod tests {
                 for p in 0..192 {
                     let set = m[p / 64] >> (p % 64) & 1 == 1;
                     assert_eq!(set, !(s..s + len).contains(&p), "{s}+{len} at {p}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hexish_agrees_with_per_byte_check() {
+        let slow = |r: &[u8]| {
+            r.iter()
+                .all(|c| matches!(c, b'a'..=b'f' | b'0'..=b'9' | b'-' | b'.'))
+                && r.iter().any(|c| matches!(c, b'a'..=b'f'))
+        };
+        // one odd byte (or the only letter) at every place of runs of every
+        // length up to 50
+        for len in 1..50 {
+            for at in 0..len {
+                for odd in [b'g', b'A', b'a', b' '] {
+                    let mut r = vec![b'7'; len];
+                    r[at] = odd;
+                    assert_eq!(hexish(&r), slow(&r), "{:?}", String::from_utf8_lossy(&r));
+                    r[(at + len / 2) % len] = b'c';
+                    assert_eq!(hexish(&r), slow(&r), "{:?}", String::from_utf8_lossy(&r));
                 }
             }
         }
