@@ -562,9 +562,12 @@ pub(crate) fn dob_label_adjacent(before: &[u8]) -> bool {
     };
     let mut cand = LABEL_BY_LAST[usize::from(last)];
     while cand != 0 {
-        let l = ADJACENT_LABELS[cand.trailing_zeros() as usize];
+        let l = ADJACENT_LABELS
+            .get(cand.trailing_zeros() as usize)
+            .copied()
+            .unwrap_or_default();
         cand &= cand - 1;
-        if w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l) {
+        if !l.is_empty() && w.len() >= l.len() && w[w.len() - l.len()..].eq_ignore_ascii_case(l) {
             return true;
         }
     }
