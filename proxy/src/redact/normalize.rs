@@ -37,7 +37,8 @@ pub(crate) struct Norm {
     /// Body offset of the raw string (where the text before the first unit
     /// starts).
     base: usize,
-    /// Where the normaliser has work in the raw string (`simd::stop_mask`).
+    /// Where the normaliser has work in the raw string (`simd::stop_mask`,
+    /// or copied from the body's mask by `normalize_if_needed`).
     stops: Vec<u64>,
 }
 
