@@ -23,6 +23,7 @@ pub(crate) enum Matcher {
     SsnSeparated,
     Nanp,
     National,
+    E164,
     Iban,
     Email,
     Jwt,
@@ -153,6 +154,7 @@ impl Matcher {
             "ssn.separated" => Matcher::SsnSeparated,
             "phone.nanp" => Matcher::Nanp,
             "phone.national" => Matcher::National,
+            "phone.e164" => Matcher::E164,
             "iban" => Matcher::Iban,
             "email" => Matcher::Email,
             "jwt" => Matcher::Jwt,
@@ -180,6 +182,9 @@ impl Matcher {
     ) -> Option<(usize, usize)> {
         match (self, digits) {
             (Matcher::Email, _) => email(h, at),
+            // every match starts at a `+`
+            (Matcher::E164, _) => memchr::memchr_iter(b'+', h.get(at..)?)
+                .find_map(|k| e164(h, at + k).map(|e| (at + k, e))),
             (
                 Matcher::Card | Matcher::SsnSeparated | Matcher::National | Matcher::Nanp,
                 Some((m, off)),
@@ -258,6 +263,8 @@ impl Matcher {
                 c.is_ascii_digit()
             }
             Matcher::Iban => c.is_ascii_uppercase(),
+            // starts at a `+`, not a word byte (found by its own search)
+            Matcher::E164 => false,
             Matcher::Jwt => c == b'e',
             Matcher::Prefixed(alts) => alts
                 .iter()
@@ -297,6 +304,7 @@ impl Matcher {
             Matcher::SsnSeparated => ssn(h, p),
             Matcher::Nanp => nanp(h, p),
             Matcher::National => national(h, p),
+            Matcher::E164 => e164(h, p),
             Matcher::Iban => iban(h, p),
             Matcher::Jwt => jwt(h, p),
             Matcher::Prefixed(alts) => alts.iter().find_map(|a| prefixed(a, h, p)),
@@ -433,6 +441,63 @@ fn national(h: &[u8], p: usize) -> Option<usize> {
         }
     }
     best
+}
+
+/// `\+[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?){1,6}\b`, as the regex
+/// settles it: the first way through in its preference order (each greedy
+/// repeat tries its longest first). A group's separator and bracket are
+/// taken whenever present (without them the group cannot start), so the
+/// only choices are how many digits each group takes, whether it takes a
+/// closing bracket, and how many groups there are. A place and group
+/// number from which no way through exists is remembered, so no input
+/// makes the search visit more than 6 × 45 of them (10 ways out of each).
+fn e164(h: &[u8], p: usize) -> Option<usize> {
+    if h.get(p) != Some(&b'+') || !h.get(p + 1).is_some_and(|c| (b'1'..=b'9').contains(c)) {
+        return None;
+    }
+    let lead = digits(h, p + 2).min(p + 4) - (p + 2);
+    let mut failed = [0u64; 6];
+    (0..=lead)
+        .rev()
+        .find_map(|k| e164_groups(h, p, p + 2 + k, 0, &mut failed))
+}
+
+/// The rest of [`e164`] from `i`, where group `rep` (counting from 0)
+/// starts: the match's end, if there is a way through.
+fn e164_groups(h: &[u8], p: usize, i: usize, rep: usize, failed: &mut [u64; 6]) -> Option<usize> {
+    // offsets stay below 45 (4 + 5 groups of at most 8 bytes); past 63 a
+    // state would only go unremembered
+    let bit = 1u64.checked_shl((i - p) as u32).unwrap_or(0);
+    if failed.get(rep).is_some_and(|f| f & bit != 0) {
+        return None;
+    }
+    let mut j = i;
+    if is_at(h, j, b" .-") {
+        j += 1;
+    }
+    if h.get(j) == Some(&b'(') {
+        j += 1;
+    }
+    let n = (digits(h, j) - j).min(5);
+    for d in (j + 1..=j + n).rev() {
+        let close = h.get(d) == Some(&b')');
+        for e in [d + 1, d].into_iter().skip(usize::from(!close)) {
+            if rep < 5 {
+                if let Some(x) = e164_groups(h, p, e, rep + 1, failed) {
+                    return Some(x);
+                }
+            }
+            // `\b`: a digit ends the group before a non-word byte, a `)`
+            // before a word byte
+            if word(h[e - 1]) != h.get(e).is_some_and(|&c| word(c)) {
+                return Some(e);
+            }
+        }
+    }
+    if let Some(f) = failed.get_mut(rep) {
+        *f |= bit;
+    }
+    None
 }
 
 /// `\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,32}\b`: as many characters as the
@@ -638,6 +703,11 @@ mod tests {
                 s("123-45-6789"),
                 s("123 45 6789"),
                 s("(415) 555-2671"),
+                s("+44 20 7946 0958"),
+                s("+1 (415) 555-2671"),
+                s("+49-30-123456"),
+                s("+33.1.23.45.67.89"),
+                s("+123456789012345678901234567890"),
                 s("(415)555-2671"),
                 s("(415).555-2671"),
                 s("415.555.2671"),
@@ -736,6 +806,7 @@ mod tests {
         "ssn.separated",
         "phone.nanp",
         "phone.national",
+        "phone.e164",
         "iban",
         "email",
         "jwt",
@@ -776,6 +847,14 @@ mod tests {
                 "0151 2345 6789 and 020 7946 0958x 01 23 45 67 89 12",
             ),
             ("phone.national", "012345678 0 12 01-1234567 01-23-"),
+            (
+                "phone.e164",
+                "+44 20 7946 0958, +1 (415) 555-2671x +0 12 +49(30)1234)5 ++1",
+            ),
+            (
+                "phone.e164",
+                "+1234567890123456789012345678901234567890a +1 2 3 4 5 6 7)",
+            ),
             (
                 "iban",
                 "DE89 3704 0044 0532 0130 00 and GB82WEST12345698765432",
@@ -818,7 +897,7 @@ mod tests {
 
         #[test]
         fn digit_matchers_agree_with_their_patterns(h in near("digits", "0123456789 -.()+aZ_")) {
-            for r in ["card.pan", "ssn.separated", "phone.nanp", "phone.national"] {
+            for r in ["card.pan", "ssn.separated", "phone.nanp", "phone.national", "phone.e164"] {
                 agree(r, &h)?;
             }
         }
@@ -840,7 +919,7 @@ mod tests {
 
         #[test]
         fn token_matchers_agree(h in near("token", "aZ09_- .")) {
-            for r in &RULES[7..] {
+            for r in &RULES[8..] {
                 agree(r, &h)?;
             }
         }

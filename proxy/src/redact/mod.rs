@@ -195,6 +195,10 @@ struct ClassRules {
     /// When every rule of the class starts with one of a few literals:
     /// picks the rules to run by them. Cheaper than the set on short windows.
     lits: Option<LitFilter>,
+    /// Digit windows: for each [`trigger::shape`] bit, the rules (as bits
+    /// of positions in `rules`) that can match a cluster of that shape, so
+    /// a window runs its rules without a test per rule of the class.
+    by_shape: Option<[u64; 16]>,
 }
 
 /// Compiled, immutable rule set; `Send + Sync`; built once per config (re)load.
@@ -325,6 +329,7 @@ impl Redactor {
                 set: None,
                 rules: vec![idx],
                 lits: None,
+                by_shape: None,
             }),
         };
         let mut patterns: Vec<String> = Vec::new();
@@ -388,6 +393,18 @@ impl Redactor {
             });
         }
         for c in &mut classes {
+            if c.class == Class::Digits && c.rules.len() <= 64 {
+                let mut t = [0u64; 16];
+                for (k, &i) in c.rules.iter().enumerate() {
+                    let need = rules.get(i).map_or(!0, |r: &Rule| r.need);
+                    for (bit, m) in t.iter_mut().enumerate() {
+                        if need & (1 << bit) != 0 {
+                            *m |= 1 << k;
+                        }
+                    }
+                }
+                c.by_shape = Some(t);
+            }
             c.lits = LitFilter::new(&c.rules, &meta);
             // digit windows pick their rules by the cluster's shape instead
             if c.lits.is_none()
@@ -587,6 +604,22 @@ impl Redactor {
             }
             if c.class == Class::Digits {
                 for (&(ws, we), &sh) in win.digits.iter().zip(&win.digit_shapes) {
+                    if let Some(t) = &c.by_shape {
+                        let mut want = 0u64;
+                        let mut bits = sh;
+                        while bits != 0 {
+                            want |= t[bits.trailing_zeros() as usize & 15];
+                            bits &= bits - 1;
+                        }
+                        while want != 0 {
+                            let k = want.trailing_zeros() as usize;
+                            want &= want - 1;
+                            if let Some(&i) = c.rules.get(k) {
+                                self.run_rule(i, text, (ws, we), win.digit_mask(), hits);
+                            }
+                        }
+                        continue;
+                    }
                     for &i in &c.rules {
                         if self.rules.get(i).is_some_and(|r| r.need & sh != 0) {
                             self.run_rule(i, text, (ws, we), win.digit_mask(), hits);
@@ -1212,7 +1245,14 @@ impl Scan<'_, '_> {
         }
         // Resolve overlaps in one sweep by start: of two overlapping hits keep
         // the enforcing one, then the longer, then the earlier rule.
-        hits.sort_unstable_by_key(|h| (h.s, h.meta, h.e));
+        // Hits of one rule at one start differ only in their end, and the
+        // sweep keeps the longest whichever comes first: the end needs no
+        // place in the key, and one integer compares faster than a tuple.
+        if self.r.meta.len() <= 1 << 20 {
+            hits.sort_unstable_by_key(|h| ((h.s as u64) << 20) | h.meta as u64);
+        } else {
+            hits.sort_unstable_by_key(|h| (h.s, h.meta, h.e));
+        }
         let better = |a: &Hit, b: &Hit| {
             (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
                 > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))

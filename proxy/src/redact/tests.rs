@@ -626,3 +626,38 @@ fn scan_buffers_kept_unless_the_body_was_large() {
     // and the next small request starts a new set
     assert_eq!(kept(&small), (100, Some(small.len().div_ceil(64))));
 }
+
+#[test]
+fn digit_windows_run_the_rules_their_shape_needs() {
+    // the per-shape table picks, for every shape, exactly the rules whose
+    // needs meet it (with IPv4 on, so that every digit rule is there)
+    let cfg = config::FileCfg {
+        detectors: vec![config::DetectorCfg {
+            id: "ipv4".into(),
+            enabled: Some(true),
+            action: None,
+            min_entropy: None,
+        }],
+        ..config::FileCfg::default()
+    };
+    for r in [Redactor::builtin(), Redactor::build(&cfg).unwrap()] {
+        let c = r.classes.iter().find(|c| c.class == Class::Digits).unwrap();
+        let t = c.by_shape.unwrap();
+        for sh in 0..1u16 << 9 {
+            let mut want = 0u64;
+            let mut bits = sh;
+            while bits != 0 {
+                want |= t[bits.trailing_zeros() as usize];
+                bits &= bits - 1;
+            }
+            for (k, &i) in c.rules.iter().enumerate() {
+                assert_eq!(
+                    want >> k & 1 == 1,
+                    r.rules[i].need & sh != 0,
+                    "shape {sh:#b}, rule {}",
+                    r.meta[i].name
+                );
+            }
+        }
+    }
+}
