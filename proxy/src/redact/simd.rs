@@ -96,32 +96,6 @@ pub(crate) fn next_set(m: &[u64], pos: usize) -> Option<usize> {
     }
 }
 
-/// The first digit of each run of digits in `digit` (a digit mask) that
-/// has at least 4 digits among the 10 bytes from it on, as a mask in `out`:
-/// where a digit cluster may start. Taken a word at a time with bit-sliced
-/// counters, without a branch per run: decided one run at a time, this
-/// test mispredicted about once in three runs on prose full of numbers.
-pub(crate) fn cluster_starts(digit: &[u64], out: &mut Vec<u64>) {
-    out.clear();
-    let mut prev = 0u64;
-    for (k, &x) in digit.iter().enumerate() {
-        let y = digit.get(k + 1).copied().unwrap_or(0);
-        let first = x & !((x << 1) | (prev >> 63));
-        prev = x;
-        // a 2-bit count per position of the digits at +0..+9, with a
-        // sticky bit for a carry past 3
-        let (mut c0, mut c1, mut four) = (x, 0u64, 0u64);
-        for j in 1..10 {
-            let v = (x >> j) | (y << (64 - j));
-            let k0 = c0 & v;
-            c0 ^= v;
-            four |= c1 & k0;
-            c1 ^= k0;
-        }
-        out.push(first & four);
-    }
-}
-
 /// Clear bits `s..e` of `m` (bits past its end are ignored).
 pub(crate) fn clear_range(m: &mut [u64], s: usize, e: usize) {
     let mut p = s;
@@ -872,36 +846,6 @@ mod tests {
                 for p in 0..out.len() * 64 {
                     let want = p < len && bit(&src, start + p);
                     assert_eq!(bit(&out, p), want, "{start}+{len} at {p}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn cluster_starts_are_run_starts_with_four_digits_in_ten() {
-        // masks of every density, runs across word edges included
-        let mut r = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            r
-        };
-        for density in 0..8 {
-            for _ in 0..200 {
-                let m: Vec<u64> = (0..4)
-                    .map(|_| (0..density).fold(!0u64, |a, _| a & next()))
-                    .map(|w| if density == 0 { 0 } else { w })
-                    .collect();
-                let bit = |p: usize| m.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
-                let mut got = Vec::new();
-                cluster_starts(&m, &mut got);
-                assert_eq!(got.len(), m.len());
-                for p in 0..256 {
-                    let want = bit(p)
-                        && (p == 0 || !bit(p - 1))
-                        && (p..p + 10).filter(|&q| bit(q)).count() >= 4;
-                    assert_eq!(got[p / 64] >> (p % 64) & 1 == 1, want, "{m:x?} at {p}");
                 }
             }
         }

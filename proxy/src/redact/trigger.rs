@@ -225,7 +225,7 @@ pub(crate) struct Windows {
     pub lower: Vec<u8>,
     /// Where token literals were found in a window (a reused buffer).
     pub lit_at: Vec<(usize, usize)>,
-    /// Where a digit cluster may start (`simd::cluster_starts`), less the
+    /// The digits where a cluster may start: the digit mask less the
     /// UUID / hash runs (a reused buffer).
     starts: Vec<u64>,
 }
@@ -321,7 +321,8 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
     let masks = &mut w.masks;
     masks.fill(b);
     let starts = &mut w.starts;
-    simd::cluster_starts(&masks.digit, starts);
+    starts.clear();
+    starts.extend_from_slice(&masks.digit);
     // Token runs of 16+ bytes, from the token-class mask.
     let mut i = 0usize;
     while let Some((s, e)) = simd::next_run(&masks.token, i, TOKEN_RUN) {
@@ -370,13 +371,18 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
     let b = text.as_bytes();
     let masks = &w.masks;
     let mut i = 0usize;
-    // A cluster starts at the first digit of a run with four digits in the
-    // ten bytes from it (four digits with gaps of at most two lie within
-    // ten bytes: with fewer, no detector can start here; that is most
-    // digits in prose). `starts` has those, less the UUID and hash runs.
+    // every cluster start is the first digit of a run (the walk below
+    // resumes past the end of a run or cluster)
     while let Some(s) = simd::next_set(&w.starts, i) {
         if s >= b.len() {
             break;
+        }
+        // Four digits with gaps of at most two lie within ten bytes: with
+        // fewer there, no detector can start here (most digits in prose).
+        if simd::count(&masks.digit, s, 10) < 4 {
+            // the rest of this run of digits starts a shorter cluster still
+            i = simd::next_clear(&masks.digit, s);
+            continue;
         }
         // Seven digits with such gaps lie within 19 bytes. With fewer, only
         // a labelled date can be here (IPv4 off): look for its label before
