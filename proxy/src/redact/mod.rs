@@ -184,6 +184,10 @@ struct Rule {
     need: u16,
     /// A hand-written matcher returning what `re` would (built-ins only).
     fast: Option<confirm::Matcher>,
+    /// The fewest bytes a match of `re` has: shorter strings are not
+    /// searched (a search costs its set-up even where it finds nothing,
+    /// and a chat body is a dozen short strings around the prompt).
+    min_len: usize,
 }
 
 /// The rules run behind one trigger class, with a set to pick among them
@@ -367,6 +371,7 @@ impl Redactor {
                 group,
                 validator,
                 need: trigger::shape::needed_by(b.rule),
+                min_len: min_match_len(b.pattern),
             });
             meta.push(Meta {
                 name: b.rule.into(),
@@ -385,6 +390,7 @@ impl Redactor {
                 validator: r.validator,
                 need: !0,
                 fast: None,
+                min_len: min_match_len(&r.pattern),
             });
             meta.push(Meta {
                 name: r.name.as_str().into(),
@@ -598,7 +604,9 @@ impl Redactor {
         for c in &self.classes {
             if c.class == Class::Always {
                 for &i in &c.rules {
-                    self.run_rule(i, text, (0, text.len()), win.digit_mask(), hits);
+                    if self.rules.get(i).is_some_and(|r| text.len() >= r.min_len) {
+                        self.run_rule(i, text, (0, text.len()), win.digit_mask(), hits);
+                    }
                 }
                 continue;
             }
@@ -674,7 +682,11 @@ impl Redactor {
             }
         }
         win.lit_at = lit_at;
-        if let Some(d) = &self.dict {
+        if let Some(d) = self
+            .dict
+            .as_ref()
+            .filter(|d| text.len() >= d.longest.min_pattern_len())
+        {
             let b = text.as_bytes();
             let lower = &mut win.lower;
             lower.clear();
@@ -999,6 +1011,14 @@ impl LitFilter {
         }
         want
     }
+}
+
+/// The fewest bytes a match of pattern `p` can have (0 when unknown).
+fn min_match_len(p: &str) -> usize {
+    regex_syntax::parse(p)
+        .ok()
+        .and_then(|h| h.properties().minimum_len())
+        .unwrap_or(0)
 }
 
 fn compile(p: &str) -> Result<Regex, regex::Error> {

@@ -661,3 +661,40 @@ fn digit_windows_run_the_rules_their_shape_needs() {
         }
     }
 }
+
+#[test]
+fn strings_as_short_as_a_match_are_still_scanned() {
+    // Short strings take a byte loop for `@`, `=` and `:`, and a rule or
+    // dictionary is skipped only for strings shorter than its shortest
+    // match: each of these is a whole string exactly that long, or a key.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/redaction.yaml");
+    let r = Redactor::load(&shipped).unwrap();
+    let body = br#"{"a":"EMP-123456","b":"nightjar","c":"a@b.co","d":"pwd=Xy7!kq9Lm2","x@y.io":1}"#;
+    let out = r.redact(&req(body)).unwrap();
+    let mut rules: Vec<&str> = out.findings.iter().map(|f| &*f.rule).collect();
+    rules.sort_unstable();
+    assert_eq!(
+        rules,
+        [
+            "codenames",
+            "email",
+            "email",
+            "employee_id",
+            "secret_assignment"
+        ],
+        "{:?}",
+        out.findings
+    );
+    // one byte short of each: nothing
+    let body = br#"{"a":"EMP-12345","b":"nightja","c":"a@b.c"}"#;
+    assert!(r.redact(&req(body)).unwrap().findings.is_empty());
+}
+
+#[test]
+fn minimum_match_lengths_of_patterns() {
+    assert_eq!(min_match_len(r"(?-u:\b)EMP-[0-9]{6}(?-u:\b)"), 10);
+    assert_eq!(min_match_len("a|bcd"), 1);
+    assert_eq!(min_match_len("é{2}"), 4);
+    // a pattern that does not parse here has no minimum
+    assert_eq!(min_match_len("("), 0);
+}

@@ -17,9 +17,16 @@
 
 use super::simd::{self, Masks};
 
+/// What every PEM block starts with.
+const PEM_BEGIN: &[u8] = b"-----BEGIN";
+
 /// Built once: a one-shot `memmem::find` rebuilds its searcher per call.
 static PEM: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"-----BEGIN"));
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(PEM_BEGIN));
+
+/// Strings shorter than this are searched for `@`, `=` and `:` a byte at
+/// a time (see [`find`]).
+const SHORT: usize = 16;
 
 /// Which trigger a rule is run behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,56 +273,81 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
     w.clear();
     let b = text.as_bytes();
 
-    for at in memchr::memchr_iter(b'@', b) {
-        let mut s = at;
-        while s > 0 && at - s < 64 && is_email_local(b[s - 1]) {
-            s -= 1;
+    // Short strings (keys, roles, model names: a chat body is a dozen of
+    // them around the prompt) by a byte loop: the SIMD searchers' set-up
+    // costs more than the search there.
+    let short = b.len() < SHORT;
+    let ats = |f: &mut dyn FnMut(usize), one: u8, two: u8| {
+        if short {
+            for (i, &c) in b.iter().enumerate() {
+                if c == one || c == two {
+                    f(i);
+                }
+            }
+        } else {
+            memchr::memchr2_iter(one, two, b).for_each(f);
         }
-        let mut e = at + 1;
-        while e < b.len() && e - at < 256 && is_email_domain(b[e]) {
-            e += 1;
-        }
-        if s < at && e > at + 1 {
-            push(&mut w.email, (s, e));
-        }
-    }
+    };
+    ats(
+        &mut |at| {
+            let mut s = at;
+            while s > 0 && at - s < 64 && is_email_local(b[s - 1]) {
+                s -= 1;
+            }
+            let mut e = at + 1;
+            while e < b.len() && e - at < 256 && is_email_domain(b[e]) {
+                e += 1;
+            }
+            if s < at && e > at + 1 {
+                push(&mut w.email, (s, e));
+            }
+        },
+        b'@',
+        b'@',
+    );
 
-    for at in memchr::memchr2_iter(b'=', b':', b) {
-        // the word before, past quotes and spaces
-        let mut e = at;
-        let mut skipped = 0;
-        while e > 0 && skipped < 3 && matches!(b[e - 1], b'"' | b'\'' | b' ' | b'\t') {
-            e -= 1;
-            skipped += 1;
-        }
-        let mut s = e;
-        while s > 0
-            && e - s < 40
-            && (b[s - 1].is_ascii_alphanumeric() || matches!(b[s - 1], b'_' | b'-'))
-        {
-            s -= 1;
-        }
-        if s == e {
-            continue;
-        }
-        let word = &b[s..e];
-        let hit = ASSIGN_LABELS
-            .iter()
-            .any(|l| contains_ci(word, l.as_bytes()));
-        if hit {
-            let end = expand_right(b, (at + 1).min(b.len()), 200);
-            let end = if end <= at {
-                (at + 200).min(b.len())
-            } else {
-                end
-            };
-            let end = floor_boundary(text, end);
-            push(&mut w.assign, (s, end.max(at + 1).min(b.len())));
-        }
-    }
+    ats(
+        &mut |at| {
+            // the word before, past quotes and spaces
+            let mut e = at;
+            let mut skipped = 0;
+            while e > 0 && skipped < 3 && matches!(b[e - 1], b'"' | b'\'' | b' ' | b'\t') {
+                e -= 1;
+                skipped += 1;
+            }
+            let mut s = e;
+            while s > 0
+                && e - s < 40
+                && (b[s - 1].is_ascii_alphanumeric() || matches!(b[s - 1], b'_' | b'-'))
+            {
+                s -= 1;
+            }
+            if s == e {
+                return;
+            }
+            let word = &b[s..e];
+            let hit = ASSIGN_LABELS
+                .iter()
+                .any(|l| contains_ci(word, l.as_bytes()));
+            if hit {
+                let end = expand_right(b, (at + 1).min(b.len()), 200);
+                let end = if end <= at {
+                    (at + 200).min(b.len())
+                } else {
+                    end
+                };
+                let end = floor_boundary(text, end);
+                push(&mut w.assign, (s, end.max(at + 1).min(b.len())));
+            }
+        },
+        b'=',
+        b':',
+    );
 
-    if let Some(at) = PEM.find(b) {
-        push(&mut w.pem, (at, b.len()));
+    if b.len() >= PEM_BEGIN.len() {
+        if let Some(at) = PEM.find(b) {
+            push(&mut w.pem, (at, b.len()));
+        }
     }
 
     let masks = &mut w.masks;
