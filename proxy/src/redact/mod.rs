@@ -599,7 +599,12 @@ impl Redactor {
     /// Run every detector over normalised `text`; candidate hits go to `hits`
     /// with spans in `text`.
     fn scan_text(&self, text: &str, win: &mut Windows, hits: &mut Vec<Hit>) {
-        trigger::find(text, self.min_digits, win);
+        // the dictionaries search a lowercased copy, made with the masks
+        let dict = self
+            .dict
+            .as_ref()
+            .filter(|d| text.len() >= d.longest.min_pattern_len());
+        trigger::find(text, self.min_digits, dict.is_some(), win);
         let mut lit_at = std::mem::take(&mut win.lit_at);
         for c in &self.classes {
             if c.class == Class::Always {
@@ -682,16 +687,8 @@ impl Redactor {
             }
         }
         win.lit_at = lit_at;
-        if let Some(d) = self
-            .dict
-            .as_ref()
-            .filter(|d| text.len() >= d.longest.min_pattern_len())
-        {
-            let b = text.as_bytes();
-            let lower = &mut win.lower;
-            lower.clear();
-            // one pass (copy and fold), which the compiler vectorises
-            lower.extend(b.iter().map(u8::to_ascii_lowercase));
+        if let Some(d) = dict {
+            let lower = &win.lower;
             let mut push = |s: usize, e: usize, pattern: usize| {
                 if word_edge(text, s, true) && word_edge(text, e, false) {
                     if let Some(&mi) = self.dict_meta.get(pattern) {

@@ -35,6 +35,48 @@ impl Masks {
         self.fill_with(b, wide());
     }
 
+    /// [`Masks::fill`], and an ASCII-lowercased copy of `b` into `lower`
+    /// (for the dictionaries) from the same loads.
+    pub fn fill_and_lower(&mut self, b: &[u8], lower: &mut Vec<u8>) {
+        lower.clear();
+        #[cfg(target_arch = "x86_64")]
+        if wide() {
+            let words = b.len().div_ceil(64);
+            self.digit.clear();
+            self.token.clear();
+            self.digit.resize(words, 0);
+            self.token.resize(words, 0);
+            lower.reserve(b.len());
+            // SAFETY: the CPU has AVX2 (checked above); `lower` has room
+            // for `b.len()` bytes.
+            let done = unsafe {
+                avx2::fill_lower(
+                    b,
+                    &mut self.digit,
+                    &mut self.token,
+                    lower.spare_capacity_mut(),
+                )
+            };
+            // SAFETY: `fill_lower` wrote the first `done` bytes.
+            unsafe { lower.set_len(done) };
+            let rest = b.get(done..).unwrap_or_default();
+            lower.extend(rest.iter().map(u8::to_ascii_lowercase));
+            if let (false, Some(d), Some(t)) = (
+                rest.is_empty(),
+                self.digit.last_mut(),
+                self.token.last_mut(),
+            ) {
+                let mut pad = [0u8; 64];
+                pad[..rest.len()].copy_from_slice(rest);
+                // SAFETY: as above.
+                (*d, *t) = unsafe { avx2::digit_token64(&pad) };
+            }
+            return;
+        }
+        self.fill(b);
+        lower.extend(b.iter().map(u8::to_ascii_lowercase));
+    }
+
     /// [`Masks::fill`] with the AVX2 kernel (`wide`, when the CPU has it)
     /// or the SSE2 one.
     pub(crate) fn fill_with(&mut self, b: &[u8], wide: bool) {
@@ -657,6 +699,41 @@ mod avx2 {
         (bits(digit), bits(or(or(digit, letter), punct)))
     }
 
+    /// [`fill`], and the ASCII-lowercased bytes of every whole 64 bytes of
+    /// `b` into `lower`; returns how many bytes it wrote there.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill_lower(
+        b: &[u8],
+        digit: &mut [u64],
+        token: &mut [u64],
+        lower: &mut [std::mem::MaybeUninit<u8>],
+    ) -> usize {
+        let n = (b.len() / 64)
+            .min(digit.len())
+            .min(token.len())
+            .min(lower.len() / 64);
+        let case = _mm256_set1_epi8(0x20);
+        for k in 0..n {
+            // SAFETY: 64 bytes from 64 * k are in `b`.
+            let (lo, hi) = unsafe { (load(b, 64 * k), load(b, 64 * k + 32)) };
+            let (dl, tl) = digit_token(lo);
+            let (dh, th) = digit_token(hi);
+            digit[k] = u64::from(dl) | u64::from(dh) << 32;
+            token[k] = u64::from(tl) | u64::from(th) << 32;
+            let fold = |x| _mm256_or_si256(x, _mm256_and_si256(in_range(x, b'A', 25), case));
+            // SAFETY: `lower` has room for 64 bytes from 64 * k (k < n).
+            unsafe {
+                let at = lower.as_mut_ptr().add(64 * k).cast::<__m256i>();
+                _mm256_storeu_si256(at, fold(lo));
+                _mm256_storeu_si256(at.add(1), fold(hi));
+            }
+        }
+        64 * n
+    }
+
     /// The digit and token masks of every whole 64 bytes of `b` (the last
     /// partial word is left to the caller).
     ///
@@ -801,6 +878,23 @@ mod tests {
         let u = "ﬁle 4１１1 a\\n";
         assert_eq!(first(u), 0);
         assert_eq!(first(&u[3..]), u[3..].find('１').unwrap());
+    }
+
+    #[test]
+    fn masks_with_the_lowercase_copy_are_the_masks_and_the_copy() {
+        // every length around the 64-byte steps and every byte value (the
+        // AVX2 kernel where the CPU has it)
+        let bytes: Vec<u8> = (0..=255u8).cycle().skip(7).step_by(13).take(400).collect();
+        for len in (0..200).chain([255, 256, 257, 399]) {
+            let b = &bytes[..len];
+            let (mut a, mut m) = (Masks::default(), Masks::default());
+            let mut lower = vec![b'x'; 3];
+            a.fill_and_lower(b, &mut lower);
+            m.fill(b);
+            assert_eq!(a.digit, m.digit, "len {len}");
+            assert_eq!(a.token, m.token, "len {len}");
+            assert_eq!(lower, b.to_ascii_lowercase(), "len {len}");
+        }
     }
 
     #[test]

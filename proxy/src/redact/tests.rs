@@ -72,7 +72,7 @@ fn trigger_speed_probe() {
     let n = 2000;
     let t = std::time::Instant::now();
     for _ in 0..n {
-        trigger::find(std::hint::black_box(&text), 7, &mut w);
+        trigger::find(std::hint::black_box(&text), 7, false, &mut w);
     }
     let s = t.elapsed().as_secs_f64();
     println!(
@@ -83,7 +83,7 @@ fn trigger_speed_probe() {
     let plain: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
     let t = std::time::Instant::now();
     for _ in 0..n {
-        trigger::find(std::hint::black_box(&plain), 7, &mut w);
+        trigger::find(std::hint::black_box(&plain), 7, false, &mut w);
     }
     let s = t.elapsed().as_secs_f64();
     println!(

@@ -268,8 +268,9 @@ impl Windows {
 /// the word before it).
 const ASSIGN_LABELS: &[&str] = &["pass", "pwd", "secret", "key", "token"];
 
-/// Find all windows in `text`.
-pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
+/// Find all windows in `text`; with `lower`, also make the lowercased
+/// copy of it for the dictionaries (in `w.lower`).
+pub(crate) fn find(text: &str, min_digits: usize, lower: bool, w: &mut Windows) {
     w.clear();
     let b = text.as_bytes();
 
@@ -351,7 +352,11 @@ pub(crate) fn find(text: &str, min_digits: usize, w: &mut Windows) {
     }
 
     let masks = &mut w.masks;
-    masks.fill(b);
+    if lower {
+        masks.fill_and_lower(b, &mut w.lower);
+    } else {
+        masks.fill(b);
+    }
     let starts = &mut w.starts;
     starts.clear();
     starts.extend_from_slice(&masks.digit);
