@@ -61,6 +61,11 @@ impl Masks {
             unsafe { lower.set_len(done) };
             let rest = b.get(done..).unwrap_or_default();
             lower.extend(rest.iter().map(u8::to_ascii_lowercase));
+            if rest.len() >= 64 {
+                // not with the room reserved above; the masks the slow way
+                self.fill(b);
+                return;
+            }
             if let (false, Some(d), Some(t)) = (
                 rest.is_empty(),
                 self.digit.last_mut(),

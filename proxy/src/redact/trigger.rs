@@ -285,6 +285,8 @@ pub(crate) fn find(text: &str, min_digits: usize, lower: bool, w: &mut Windows) 
                     f(i);
                 }
             }
+        } else if one == two {
+            memchr::memchr_iter(one, b).for_each(f);
         } else {
             memchr::memchr2_iter(one, two, b).for_each(f);
         }
