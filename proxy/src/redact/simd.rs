@@ -41,11 +41,7 @@ impl Masks {
         lower.clear();
         #[cfg(target_arch = "x86_64")]
         if wide() {
-            let words = b.len().div_ceil(64);
-            self.digit.clear();
-            self.token.clear();
-            self.digit.resize(words, 0);
-            self.token.resize(words, 0);
+            self.reset(b.len());
             lower.reserve(b.len());
             // SAFETY: the CPU has AVX2 (checked above); `lower` has room
             // for `b.len()` bytes.
@@ -66,16 +62,8 @@ impl Masks {
                 self.fill(b);
                 return;
             }
-            if let (false, Some(d), Some(t)) = (
-                rest.is_empty(),
-                self.digit.last_mut(),
-                self.token.last_mut(),
-            ) {
-                let mut pad = [0u8; 64];
-                pad[..rest.len()].copy_from_slice(rest);
-                // SAFETY: as above.
-                (*d, *t) = unsafe { avx2::digit_token64(&pad) };
-            }
+            // SAFETY: as above.
+            self.last_word(rest, |c| unsafe { avx2::digit_token64(c) });
             return;
         }
         self.fill(b);
@@ -85,11 +73,7 @@ impl Masks {
     /// [`Masks::fill`] with the AVX2 kernel (`wide`, when the CPU has it)
     /// or the SSE2 one.
     pub(crate) fn fill_with(&mut self, b: &[u8], wide: bool) {
-        let words = b.len().div_ceil(64);
-        self.digit.clear();
-        self.token.clear();
-        self.digit.resize(words, 0);
-        self.token.resize(words, 0);
+        self.reset(b.len());
         let wide = wide && self::wide();
         let classify = |c: &[u8; 64]| {
             #[cfg(target_arch = "x86_64")]
@@ -115,7 +99,21 @@ impl Masks {
                 }
             }
         }
-        let rest = chunks.remainder();
+        self.last_word(chunks.remainder(), classify);
+    }
+
+    /// Both masks emptied and sized for `len` bytes.
+    fn reset(&mut self, len: usize) {
+        let words = len.div_ceil(64);
+        for m in [&mut self.digit, &mut self.token] {
+            m.clear();
+            m.resize(words, 0);
+        }
+    }
+
+    /// The last mask word, from the bytes `rest` (fewer than 64) past the
+    /// whole words, classified by `classify`.
+    fn last_word(&mut self, rest: &[u8], classify: impl Fn(&[u8; 64]) -> (u64, u64)) {
         if let (false, Some(d), Some(t)) = (
             rest.is_empty(),
             self.digit.last_mut(),
@@ -123,7 +121,8 @@ impl Masks {
         ) {
             // zero padding belongs to no class
             let mut pad = [0u8; 64];
-            pad[..rest.len()].copy_from_slice(rest);
+            let n = rest.len().min(64);
+            pad[..n].copy_from_slice(&rest[..n]);
             (*d, *t) = classify(&pad);
         }
     }

@@ -276,9 +276,9 @@ pub(crate) fn find(text: &str, min_digits: usize, lower: bool, w: &mut Windows) 
 
     // Short strings (keys, roles, model names: a chat body is a dozen of
     // them around the prompt) by a byte loop: the SIMD searchers' set-up
-    // costs more than the search there.
+    // costs more than the search there. Calls `f` at each `one` or `two`.
     let short = b.len() < SHORT;
-    let ats = |f: &mut dyn FnMut(usize), one: u8, two: u8| {
+    let each_of = |f: &mut dyn FnMut(usize), one: u8, two: u8| {
         if short {
             for (i, &c) in b.iter().enumerate() {
                 if c == one || c == two {
@@ -291,7 +291,7 @@ pub(crate) fn find(text: &str, min_digits: usize, lower: bool, w: &mut Windows) 
             memchr::memchr2_iter(one, two, b).for_each(f);
         }
     };
-    ats(
+    each_of(
         &mut |at| {
             let mut s = at;
             while s > 0 && at - s < 64 && is_email_local(b[s - 1]) {
@@ -309,7 +309,7 @@ pub(crate) fn find(text: &str, min_digits: usize, lower: bool, w: &mut Windows) 
         b'@',
     );
 
-    ats(
+    each_of(
         &mut |at| {
             // the word before, past quotes and spaces
             let mut e = at;
