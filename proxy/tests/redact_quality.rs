@@ -364,19 +364,224 @@ fn evasion_escaped_full_width_and_nested_tool_arguments() {
     assert_eq!(inner["key"], "[REDACTED:AWS_KEY]");
 }
 
+/// A user message whose content is these text parts.
+fn parts_body(parts: &[&str]) -> Vec<u8> {
+    let parts: Vec<serde_json::Value> = parts
+        .iter()
+        .map(|t| serde_json::json!({"type": "text", "text": t}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"model": "m", "messages": [
+        {"role": "user", "content": parts}]}))
+    .unwrap()
+}
+
+/// The text parts of the first message of a forwarded body, joined as the
+/// model reads them.
+fn joined_parts(out: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(out).unwrap();
+    v["messages"][0]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["text"].as_str())
+        .collect()
+}
+
 #[test]
-fn evasion_secret_split_across_parts_is_a_known_limit() {
-    // Each part alone is not a key; the model sees them concatenated. Not
-    // caught: documented in docs/redaction.md. This test pins the behaviour
-    // so a future fix shows up here.
+fn evasion_secret_split_across_parts() {
+    // The model reads a message's text parts as one text: a key split
+    // between them is one key. Each part alone holds no key.
     let r = Redactor::builtin();
-    let body = serde_json::to_vec(
-        &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "key: AKIAIOSFOD"}, {"type": "text", "text": "NN7EXAMPL3"}]}]}),
+    for parts in [
+        vec!["key: AKIAIOSFOD", "NN7EXAMPL3 thanks"],
+        // three parts, the middle one shorter than the key
+        vec!["key: AKIA", "IOSFOD", "NN7EXAMPL3"],
+        // the split hidden behind escapes and a zero-width space
+        vec!["key: AKIAIOS\\u0046OD", "N\\u200bN7EXAMPL3"],
+    ] {
+        let body = if parts[0].contains('\\') {
+            // raw JSON, escapes as written
+            let ps: Vec<String> = parts
+                .iter()
+                .map(|t| format!(r#"{{"type":"text","text":"{t}"}}"#))
+                .collect();
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":[{}]}}]}}"#,
+                ps.join(",")
+            )
+            .into_bytes()
+        } else {
+            parts_body(&parts)
+        };
+        let out = run(&r, &body);
+        let keys: Vec<_> = out
+            .findings
+            .iter()
+            .filter(|f| &*f.kind == "AWS_KEY")
+            .collect();
+        assert_eq!(keys.len(), 1, "{parts:?}: {:?}", out.findings);
+        // its span runs from the first piece to the last, in the input
+        let f = keys[0];
+        let raw = std::str::from_utf8(&body[f.start..f.end]).unwrap();
+        assert!(raw.starts_with("AKIA") && raw.ends_with("EXAMPL3"), "{raw}");
+        assert!(f.path.starts_with("$.messages[0].content[0]"), "{}", f.path);
+        let s = out_str(&out, &body);
+        let joined = joined_parts(&s);
+        assert!(
+            !joined.contains("IOSFOD") && !joined.contains("EXAMPL3"),
+            "{joined}"
+        );
+        assert!(joined.contains("[REDACTED:AWS_KEY]"), "{joined}");
+        // what is forwarded is stable: a second pass changes nothing
+        let again = run(&r, s.as_bytes());
+        assert!(again.body.is_none(), "{:?}", again.findings);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// A secret cut anywhere into two to four text parts, with prose
+    /// around it, is found once and no piece of it is forwarded; the output
+    /// is valid JSON and a second pass changes nothing.
+    #[test]
+    fn a_secret_cut_anywhere_between_parts_is_found(
+        which in 0usize..5,
+        cuts in proptest::collection::vec(1usize..40, 1..4),
+        before in "[a-z ]{0,30}",
+        after in "[a-z ]{0,30}",
+    ) {
+        let (kind, secret) = [
+            ("AWS_KEY", "AKIAIOSFODNN7EXAMPL3"),
+            ("EMAIL", "alice.smith@example.com"),
+            ("GITHUB_TOKEN", "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"),
+            ("CARD", "4111 1111 1111 1111"),
+            ("OPENAI_KEY", "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD"),
+        ][which];
+        let text = format!("{before} {secret} {after}");
+        let lo = before.len() + 1;
+        // cut points inside the secret, rising, distinct
+        let mut at: Vec<usize> = cuts.iter().map(|c| lo + c % (secret.len() - 1) + 1).collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut parts = Vec::new();
+        let mut prev = 0;
+        for &c in &at {
+            parts.push(&text[prev..c]);
+            prev = c;
+        }
+        parts.push(&text[prev..]);
+        let r = Redactor::builtin();
+        let body = parts_body(&parts);
+        let out = run(&r, &body);
+        let n = out.findings.iter().filter(|f| &*f.kind == kind).count();
+        prop_assert!(n >= 1, "{parts:?}: {:?}", out.findings);
+        let s = out_str(&out, &body);
+        let joined = joined_parts(&s);
+        // no stretch of 6 bytes of the secret is forwarded
+        for w in secret.as_bytes().windows(6) {
+            let w = std::str::from_utf8(w).unwrap();
+            prop_assert!(!joined.contains(w), "{w:?} in {joined:?} from {parts:?}");
+        }
+        prop_assert!(run(&r, s.as_bytes()).body.is_none());
+    }
+}
+
+#[test]
+fn a_split_key_under_the_hash_action_gets_one_token() {
+    // every piece of the key is replaced by the token of the whole key,
+    // the same token as the key unsplit gets
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "detectors:\n  aws_key: {action: hash}\n",
     )
     .unwrap();
+    let r = Redactor::load(&dir.path().join("r.yaml")).unwrap();
+    let split = parts_body(&["AKIAIOSFODNN", "7EXAMPL3"]);
+    let whole = parts_body(&["AKIAIOSFODNN7EXAMPL3"]);
+    let (a, b) = (run(&r, &split), run(&r, &whole));
+    let (sa, sb) = (
+        joined_parts(&out_str(&a, &split)),
+        joined_parts(&out_str(&b, &whole)),
+    );
+    assert!(sb.starts_with("[AWS_KEY:") && sb.ends_with(']'), "{sb}");
+    assert_eq!(sa, format!("{sb}{sb}"));
+}
+
+#[test]
+fn a_split_key_under_block_is_refused() {
+    let r = Redactor::builtin();
+    let body = parts_body(&["sk-ant-api03-abcdefghijklmnop", "qrstuvwxyz0123456789ABCD"]);
+    let ov: HashMap<String, Action> = [("ANTHROPIC_KEY".to_string(), Action::Block)].into();
+    let mut q = req(&body, Some("application/json"));
+    q.overrides = Some(&ov);
+    let out = r.redact(&q).unwrap();
+    let reason = out.blocked.expect("blocked");
+    assert!(reason.contains("ANTHROPIC_KEY"), "{reason}");
+}
+
+#[test]
+fn split_private_key_is_masked_in_every_part() {
+    // a key block begun far from the seam: the first part's match runs to
+    // its end, and the block goes on in the second part
+    let r = Redactor::builtin();
+    let filler = "x".repeat(2000);
+    let first = format!("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA{filler}");
+    let body = parts_body(&[
+        &first,
+        "SECRETTAILBYTES\n-----END RSA PRIVATE KEY-----\nthanks",
+    ]);
     let out = run(&r, &body);
-    assert!(out.findings.iter().all(|f| &*f.kind != "AWS_KEY"));
+    let s = out_str(&out, &body);
+    let joined = joined_parts(&s);
+    assert!(
+        !joined.contains("SECRETTAIL") && !joined.contains("MIIE"),
+        "{joined}"
+    );
+    assert!(joined.ends_with("thanks"), "{joined}");
+    // one key block, one finding (the first part's own match is its start)
+    let keys: Vec<_> = out
+        .findings
+        .iter()
+        .filter(|f| &*f.kind == "PRIVATE_KEY")
+        .collect();
+    assert_eq!(keys.len(), 1, "{:?}", out.findings);
+}
+
+#[test]
+fn parts_not_read_together_are_not_joined() {
+    let r = Redactor::builtin();
+    // an image between the pieces, and pieces in two messages
+    let body = serde_json::to_vec(&serde_json::json!({"model": "m", "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "AKIAIOSFOD"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            {"type": "text", "text": "NN7EXAMPL3"}]},
+        {"role": "user", "content": [{"type": "text", "text": "AKIAIOSFOD"}]},
+        {"role": "user", "content": [{"type": "text", "text": "NN7EXAMPL3"}]}]}))
+    .unwrap();
+    let out = run(&r, &body);
+    assert!(out.findings.is_empty(), "{:?}", out.findings);
+    assert!(out.body.is_none());
+    // a finding in one part does not make its neighbours change
+    let body = parts_body(&["mail bob@example.com", " and ", "carol@example.org now"]);
+    let out = run(&r, &body);
+    assert_eq!(out.findings.len(), 2, "{:?}", out.findings);
+    let joined = joined_parts(&out_str(&out, &body));
+    assert_eq!(joined, "mail [REDACTED:EMAIL] and [REDACTED:EMAIL] now");
+}
+
+#[test]
+fn a_key_named_text_in_escapes_is_still_a_text_part() {
+    let r = Redactor::builtin();
+    let body = br#"{"messages":[{"role":"user","content":[{"type":"text","text":"AKIAIOSFOD"},{"type":"text","text":"NN7EXAMPL3"}]}]}"#;
+    let out = run(&r, body);
+    assert!(
+        out.findings.iter().any(|f| &*f.kind == "AWS_KEY"),
+        "{:?}",
+        out.findings
+    );
 }
 
 #[test]

@@ -547,6 +547,8 @@ impl Redactor {
             hits: std::mem::take(&mut scratch.hits),
             win: std::mem::take(&mut scratch.win),
             body_stops: json.then_some(&stops[..]),
+            seam: Seam::default(),
+            reorder: false,
         };
         let walked = if json {
             json::walk_with(input, &special, &mut scan).map_err(|e| match e {
@@ -558,24 +560,33 @@ impl Redactor {
             Ok(())
         };
         let Scan {
-            findings,
+            mut findings,
             mut repl,
             blocked,
             norm,
             hits,
             win,
+            reorder,
             ..
         } = scan;
+        if reorder {
+            findings.sort_by_key(|f| f.start);
+        }
         let body = if walked.is_err() || blocked.is_some() || repl.is_empty() {
             None
         } else {
             repl.sort_by_key(|r| r.0);
             let mut out = Vec::with_capacity(input.len() + repl.len() * 16);
             let mut at = 0;
-            for (s, e, tok) in &repl {
-                out.extend_from_slice(input.get(at..*s).unwrap_or_default());
+            for &(s, e, ref tok) in &repl {
+                // a span across a seam may overlap one found in its part:
+                // what is already replaced is not written twice
+                if e <= at {
+                    continue;
+                }
+                out.extend_from_slice(input.get(at..s).unwrap_or_default());
                 tok.write(&self.meta, &mut out);
-                at = *e;
+                at = e;
             }
             out.extend_from_slice(input.get(at..).unwrap_or_default());
             Some(out)
@@ -1149,6 +1160,70 @@ struct Scan<'r, 'b> {
     win: Windows,
     /// The normalisation stops of the whole body, when it is JSON.
     body_stops: Option<&'b [u64]>,
+    /// The text parts before this one, for the scan across their seam.
+    seam: Seam,
+    /// A finding across a seam was recorded after the part it starts in:
+    /// the findings need sorting back into body order.
+    reorder: bool,
+}
+
+/// The run of consecutive text parts of one array (a message's content
+/// parts) the current part continues: the tail of their text that a match
+/// across the seam to the next part can start in.
+#[derive(Default)]
+struct Seam {
+    /// The array's path.
+    array: Vec<Seg>,
+    /// The element index a part must have to continue the run.
+    next: Option<usize>,
+    /// The tail, oldest first.
+    pieces: Vec<Piece>,
+}
+
+/// A suffix of one part's scanned text and the way back to body offsets.
+struct Piece {
+    text: String,
+    /// Where `text` starts in the part's scanned text.
+    off: usize,
+    map: PieceMap,
+    /// The part's path (rendered only for a finding that starts in it).
+    path: Vec<Seg>,
+}
+
+/// How a part's scanned text maps to body offsets.
+enum PieceMap {
+    /// The text is the raw string, which starts at this body offset.
+    Raw(usize),
+    /// The text was normalised.
+    Norm(Norm),
+}
+
+impl PieceMap {
+    fn raw(&self, s: usize, e: usize) -> (usize, usize) {
+        match self {
+            PieceMap::Raw(b) => (b + s, b + e),
+            PieceMap::Norm(n) => n.raw_span_from(s, e, &mut 0),
+        }
+    }
+}
+
+/// How much of a run's text is kept for the next seam: more than the
+/// longest token a seam can hide.
+const SEAM_TAIL: usize = 512;
+
+/// The most kept when a match runs to a part's end (a private key block
+/// split between parts): more than any key block, and a bound on what
+/// each further part scans again.
+const SEAM_MAX: usize = 16 * 1024;
+
+/// Whether two paths are the same place in the body (keys by position).
+fn same_path(a: &[Seg], b: &[Seg]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Seg::Key { start: p, .. }, Seg::Key { start: q, .. }) => p == q,
+            (Seg::Index(p), Seg::Index(q)) => p == q,
+            _ => false,
+        })
 }
 
 impl Scan<'_, '_> {
@@ -1235,9 +1310,136 @@ impl Scan<'_, '_> {
         if found {
             self.record(text, &norm, fast, start, &mut hits, is_key, path);
         }
+        let norm = match text_part(body, path) {
+            Some((array, k)) if json && !is_key => {
+                self.seam(array, k, (start, raw_text, fast), norm, &hits, path)
+            }
+            _ => norm,
+        };
         self.norm = norm;
         self.hits = hits;
         found
+    }
+
+    /// Scan across the seam between this text part (`k`-th of `array`) and
+    /// the parts before it in the same run: the model reads a message's
+    /// text parts as one text, so a secret split between parts is one
+    /// secret. Then keep this part's tail for the next seam. `own` are the
+    /// part's own hits; returns the normalisation buffer when it was not
+    /// kept for the tail.
+    fn seam(
+        &mut self,
+        array: &[Seg],
+        k: usize,
+        (start, raw_text, fast): (usize, &str, bool),
+        norm: Norm,
+        own: &[Hit],
+        path: &[Seg],
+    ) -> Norm {
+        if self.seam.next != Some(k) || !same_path(&self.seam.array, array) {
+            self.seam.pieces.clear();
+            self.seam.array.clear();
+            self.seam.array.extend_from_slice(array);
+        }
+        self.seam.next = Some(k + 1);
+        let pieces = std::mem::take(&mut self.seam.pieces);
+        let text = if fast { raw_text } else { norm.text.as_str() };
+        let boundary: usize = pieces.iter().map(|p| p.text.len()).sum();
+        let total = boundary + text.len();
+        // this part's body span of its text `s..e`
+        let raw = |s: usize, e: usize| {
+            if fast {
+                (start + s, start + e)
+            } else {
+                norm.raw_span_from(s, e, &mut 0)
+            }
+        };
+        // Where the tail kept for the next seam starts: the last stretch,
+        // or further back where a match runs to the end of the text (a key
+        // block goes on in the next part), but never so far back that
+        // each part would scan the whole run again.
+        let mut cut = total.saturating_sub(SEAM_TAIL);
+        for h in own.iter().filter(|h| h.e == text.len()) {
+            cut = cut.min(boundary + h.s);
+        }
+        if boundary > 0 {
+            let mut virt = String::with_capacity(total);
+            for p in &pieces {
+                virt.push_str(&p.text);
+            }
+            virt.push_str(text);
+            let mut hits = Vec::new();
+            self.r.scan_text(&virt, &mut self.win, &mut hits);
+            hits.retain(|h| h.s < boundary && h.e > boundary);
+            let n = self.resolve(&mut hits);
+            for h in &hits[..n] {
+                if h.e == total {
+                    cut = cut.min(h.s);
+                }
+                // the body spans of the match: piece by piece, then here
+                let mut spans = Vec::with_capacity(pieces.len() + 1);
+                let mut first = None;
+                let mut vo = 0;
+                for pc in &pieces {
+                    let (x, y) = (h.s.max(vo), h.e.min(vo + pc.text.len()));
+                    if x < y {
+                        spans.push(pc.map.raw(pc.off + x - vo, pc.off + y - vo));
+                        first.get_or_insert(&pc.path);
+                    }
+                    vo += pc.text.len();
+                }
+                spans.push(raw(0, h.e - boundary));
+                // a piece the part's own scan already matched (a key block
+                // running to the part's end) is this finding's beginning:
+                // one finding, not two
+                if let (Some(m), Some(&(a, _)), Some(&(_, b))) =
+                    (self.r.meta.get(h.meta), spans.first(), spans.last())
+                {
+                    self.findings
+                        .retain(|f| !(*f.rule == *m.name && a <= f.start && f.end <= b));
+                }
+                let at = json::render_path(self.body, first.map_or(path, |p| p));
+                let value = virt.get(h.s..h.e).unwrap_or_default();
+                self.emit(h, &spans, value, false, at.into());
+                self.reorder = true;
+            }
+        }
+        let floor = total.saturating_sub(SEAM_MAX);
+        cut = cut.max(floor);
+        // the new tail: the pieces and this part, from `cut` on
+        let mut kept = Vec::with_capacity(pieces.len() + 1);
+        let mut vo = 0;
+        for mut pc in pieces {
+            let len = pc.text.len();
+            if vo + len > cut {
+                let mut from = cut.saturating_sub(vo);
+                while from > 0 && !pc.text.is_char_boundary(from) {
+                    from -= 1;
+                }
+                pc.text.drain(..from);
+                pc.off += from;
+                kept.push(pc);
+            }
+            vo += len;
+        }
+        let mut from = cut.saturating_sub(boundary).min(text.len());
+        while from > 0 && !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let tail = text.get(from..).unwrap_or_default().to_string();
+        let (map, back) = if fast {
+            (PieceMap::Raw(start), norm)
+        } else {
+            (PieceMap::Norm(norm), Norm::default())
+        };
+        kept.push(Piece {
+            text: tail,
+            off: from,
+            map,
+            path: path.to_vec(),
+        });
+        self.seam.pieces = kept;
+        back
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -1251,6 +1453,32 @@ impl Scan<'_, '_> {
         is_key: bool,
         path: &[Seg],
     ) {
+        let n = self.resolve(hits);
+        let kept = &hits[..n];
+        self.findings.reserve(kept.len());
+        self.repl.reserve(kept.len());
+        let mut p = json::render_path(self.body, path);
+        if is_key {
+            p.push_str("{key}");
+        }
+        let p: Arc<str> = p.into();
+        let mut cur = 0;
+        for h in kept {
+            let span = if fast {
+                (start + h.s, start + h.e)
+            } else {
+                norm.raw_span_from(h.s, h.e, &mut cur)
+            };
+            let value = text.get(h.s..h.e).unwrap_or_default();
+            self.emit(h, &[span], value, is_key, p.clone());
+        }
+    }
+
+    /// Set each hit's action (policy overrides first), then resolve overlaps
+    /// in one sweep by start: of two overlapping hits keep the enforcing
+    /// one, then the longer, then the earlier rule. The kept hits are moved
+    /// to the front of `hits`; returns how many there are.
+    fn resolve(&self, hits: &mut [Hit]) -> usize {
         for h in hits.iter_mut() {
             let Some(m) = self.r.meta.get(h.meta) else {
                 continue;
@@ -1260,8 +1488,6 @@ impl Scan<'_, '_> {
                 .and_then(|o| o.get(&*m.kind).copied())
                 .unwrap_or(m.action);
         }
-        // Resolve overlaps in one sweep by start: of two overlapping hits keep
-        // the enforcing one, then the longer, then the earlier rule.
         // Hits of one rule at one start differ only in their end, and the
         // sweep keeps the longest whichever comes first: the end needs no
         // place in the key, and one integer compares faster than a tuple.
@@ -1274,7 +1500,6 @@ impl Scan<'_, '_> {
             (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
                 > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
         };
-        // kept hits are compacted to the front of `hits`
         let mut n = 0usize;
         for k in 0..hits.len() {
             let h = hits[k];
@@ -1290,56 +1515,81 @@ impl Scan<'_, '_> {
                 }
             }
         }
-        let kept = &hits[..n];
-        self.findings.reserve(kept.len());
-        self.repl.reserve(kept.len());
-        let mut p = json::render_path(self.body, path);
-        if is_key {
-            p.push_str("{key}");
-        }
-        let p: Arc<str> = p.into();
-        let mut cur = 0;
-        for &h in kept {
-            let Some(m) = self.r.meta.get(h.meta) else {
-                continue;
-            };
-            let (a, b) = if fast {
-                (start + h.s, start + h.e)
-            } else {
-                norm.raw_span_from(h.s, h.e, &mut cur)
-            };
-            self.findings.push(Finding {
-                kind: m.kind.clone(),
-                rule: m.name.clone(),
-                action: h.action,
-                path: p.clone(),
-                in_key: is_key,
-                start: a,
-                end: b,
-            });
-            match h.action {
-                Action::Block => {
-                    if self.blocked.is_none() {
-                        self.blocked =
-                            Some(format!("{} found by rule {} at {}", m.kind, m.name, p));
-                    }
+        n
+    }
+
+    /// Record one kept hit: a finding spanning `spans` (the body spans of
+    /// the match, one per string it lies in), and what its action does
+    /// to them. `value` is the matched (normalised) text.
+    fn emit(
+        &mut self,
+        h: &Hit,
+        spans: &[(usize, usize)],
+        value: &str,
+        in_key: bool,
+        path: Arc<str>,
+    ) {
+        let (Some(m), Some(first), Some(last)) =
+            (self.r.meta.get(h.meta), spans.first(), spans.last())
+        else {
+            return;
+        };
+        self.findings.push(Finding {
+            kind: m.kind.clone(),
+            rule: m.name.clone(),
+            action: h.action,
+            path: path.clone(),
+            in_key,
+            start: first.0,
+            end: last.1,
+        });
+        let token = match h.action {
+            Action::Block => {
+                if self.blocked.is_none() {
+                    self.blocked = Some(format!("{} found by rule {} at {}", m.kind, m.name, path));
                 }
-                Action::Mask => self.repl.push((a, b, Token::Mask(h.meta))),
-                Action::Hash => {
-                    let value = text.get(h.s..h.e).unwrap_or_default();
-                    let (r, app) = (self.r, self.app);
-                    let key = *self.app_key.get_or_insert_with(|| {
-                        hmac(&r.hash_key, &[b"airlock/redact/app/", app.as_bytes()])
-                    });
-                    let mac = hmac(&key, &[m.kind.as_bytes(), b"\0", value.as_bytes()]);
-                    let mut tag = [0u8; 4];
-                    tag.copy_from_slice(&mac[..4]);
-                    self.repl.push((a, b, Token::Hash(h.meta, tag)));
-                }
-                Action::Monitor => {}
+                return;
             }
+            Action::Monitor => return,
+            Action::Mask => Token::Mask(h.meta),
+            Action::Hash => {
+                let (r, app) = (self.r, self.app);
+                let key = *self.app_key.get_or_insert_with(|| {
+                    hmac(&r.hash_key, &[b"airlock/redact/app/", app.as_bytes()])
+                });
+                let mac = hmac(&key, &[m.kind.as_bytes(), b"\0", value.as_bytes()]);
+                let mut tag = [0u8; 4];
+                tag.copy_from_slice(&mac[..4]);
+                Token::Hash(h.meta, tag)
+            }
+        };
+        for &(a, b) in spans {
+            self.repl.push((a, b, token));
         }
     }
+}
+
+/// Whether the string at `path` is the `text` of an element of an array
+/// (a content part of a message, a system or tool-result block): the
+/// array's path and the element's index.
+fn text_part<'p>(body: &[u8], path: &'p [Seg]) -> Option<(&'p [Seg], usize)> {
+    let [array @ .., Seg::Index(k), Seg::Key {
+        start,
+        end,
+        escaped,
+        ..
+    }] = path
+    else {
+        return None;
+    };
+    let key = body.get(*start..*end)?;
+    // an escaped key (`te\u0078t`) is the same key to the gateway
+    let is_text = if *escaped {
+        json::decode_string(key) == "text"
+    } else {
+        key == b"text"
+    };
+    is_text.then_some((array, *k))
 }
 
 impl json::Visitor for Scan<'_, '_> {
