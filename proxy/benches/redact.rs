@@ -4,6 +4,7 @@
 //! normalisation, detectors, re-serialisation), with the built-in rules and
 //! with the shipped policy. The body's SHA-256 for the decision record is
 //! taken by the proxy, outside this call (`prompt_sha256` below measures it).
+//! `redact_density` shows how throughput falls as findings get denser.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -137,8 +138,9 @@ impl Kind {
     }
 }
 
-/// Prose of about `size` bytes (as JSON string content), with newlines.
-fn prose(size: usize, kind: Kind, seed: u64) -> String {
+/// Prose of about `size` bytes (as JSON string content), with newlines;
+/// when dense, a finding after every `gap` bytes of prose.
+fn prose_every(size: usize, kind: Kind, seed: u64, gap: usize) -> String {
     let mut r = Rng(seed);
     // the look-alikes start at "Q3"
     let words = if kind == Kind::Plain {
@@ -149,7 +151,7 @@ fn prose(size: usize, kind: Kind, seed: u64) -> String {
     let mut s = String::new();
     let mut since = 0;
     while s.len() < size {
-        if kind == Kind::Dense && since > 60 {
+        if kind == Kind::Dense && since > gap {
             s.push_str(r.pick(SECRETS));
             s.push(' ');
             since = 0;
@@ -179,7 +181,12 @@ fn variants(size: usize) -> u64 {
 
 /// The `k`-th body of a kind and size (same generator, another seed).
 fn body(size: usize, kind: Kind, k: u64) -> Vec<u8> {
-    let content = prose(size - 200, kind, 0x9E37_79B9_7F4A_7C15 + k * 7919);
+    body_every(size, kind, k, 60)
+}
+
+/// [`body`] with a finding after every `gap` bytes of prose (dense only).
+fn body_every(size: usize, kind: Kind, k: u64, gap: usize) -> Vec<u8> {
+    let content = prose_every(size - 200, kind, 0x9E37_79B9_7F4A_7C15 + k * 7919, gap);
     serde_json::to_vec(&serde_json::json!({
         "model": "gpt-4o-mini",
         "messages": [
@@ -209,18 +216,7 @@ fn bench(c: &mut Criterion) {
             for kind in [Kind::Plain, Kind::Clean, Kind::Dense] {
                 let bodies: Vec<Vec<u8>> =
                     (0..variants(size)).map(|k| body(size, kind, k)).collect();
-                let reqs: Vec<ScanRequest<'_>> = bodies
-                    .iter()
-                    .map(|b| ScanRequest {
-                        body: b,
-                        content_type: Some("application/json"),
-                        content_encoding: None,
-                        path: "/v1/chat/completions",
-                        app: "bench",
-                        max_bytes: 1 << 22,
-                        overrides: None,
-                    })
-                    .collect();
+                let reqs: Vec<ScanRequest<'_>> = bodies.iter().map(|b| request(b)).collect();
                 for req in &reqs {
                     let out = r.redact(req).unwrap();
                     assert_eq!(
@@ -245,6 +241,38 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    // how throughput falls with the density of findings (16 KiB, built-in
+    // rules): a finding after every 60 bytes of prose is the `dense` case
+    // above (one per ~95 bytes of body); the others show where the dense
+    // target is crossed
+    let r = Redactor::builtin();
+    let mut g = c.benchmark_group("redact_density");
+    for gap in [60, 150, 300, 600] {
+        let size = 16 * 1024;
+        let bodies: Vec<Vec<u8>> = (0..variants(size))
+            .map(|k| body_every(size, Kind::Dense, k, gap))
+            .collect();
+        let reqs: Vec<ScanRequest<'_>> = bodies.iter().map(|b| request(b)).collect();
+        let found: usize = reqs
+            .iter()
+            .map(|q| r.redact(q).unwrap().findings.len())
+            .sum();
+        // the label is the mean spacing of findings in the body, in bytes
+        let spacing = mean_len(&bodies) as usize * reqs.len() / found.max(1);
+        g.throughput(Throughput::Bytes(mean_len(&bodies)));
+        g.bench_with_input(
+            BenchmarkId::new("bytes_per_finding", spacing),
+            &reqs,
+            |bch, reqs| {
+                let mut k = 0;
+                bch.iter(|| {
+                    k = (k + 1) % reqs.len();
+                    r.redact(&reqs[k]).unwrap()
+                })
+            },
+        );
+    }
+    g.finish();
     // the baseline: what parsing the same bodies into a document and
     // writing them back costs (what any JSON-aware stage pays at least)
     per_body(c, "json_roundtrip", |b| {
@@ -278,6 +306,19 @@ fn per_body(c: &mut Criterion, name: &str, f: impl Fn(&[u8]) -> usize) {
         );
     }
     g.finish();
+}
+
+/// The request for one bench body: a chat completion, no overrides.
+fn request(body: &[u8]) -> ScanRequest<'_> {
+    ScanRequest {
+        body,
+        content_type: Some("application/json"),
+        content_encoding: None,
+        path: "/v1/chat/completions",
+        app: "bench",
+        max_bytes: 1 << 22,
+        overrides: None,
+    }
 }
 
 /// Mean length of the bodies a benchmark cycles through (they differ by a
