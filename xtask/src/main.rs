@@ -538,6 +538,23 @@ fn redaction_summary(criterion: &Path) {
             eprintln!("{row}   ≥ {:.1} GB/s {verdict}", target / 1e9);
         }
     }
+    // the density sweep: where the dense target is crossed
+    let sweep = criterion.join("redact_density").join("bytes_per_finding");
+    let mut spacings: Vec<usize> = std::fs::read_dir(&sweep)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    spacings.sort_unstable();
+    for n in spacings {
+        if let Some(t) = throughput(criterion, &format!("redact_density/bytes_per_finding/{n}")) {
+            eprintln!(
+                "    {:<28} {:>13}",
+                format!("redact, 1 finding / {n} B"),
+                format!("{:.2} GB/s", t / 1e9)
+            );
+        }
+    }
 }
 
 #[cfg(test)]
