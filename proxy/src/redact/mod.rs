@@ -1389,18 +1389,27 @@ impl Scan<'_, '_> {
                     vo += pc.text.len();
                 }
                 spans.push(raw(0, h.e - boundary));
-                // a piece the part's own scan already matched (a key block
-                // running to the part's end) is this finding's beginning:
-                // one finding, not two
+                let at: Arc<str> = json::render_path(self.body, first.map_or(path, |p| p)).into();
+                // What the part's own scan (or the last seam's) already
+                // matched of this (a key block running to the part's end)
+                // is its beginning: one secret, one finding. Those are
+                // among the last findings, from the part it starts in on.
                 if let (Some(m), Some(&(a, _)), Some(&(_, b))) =
                     (self.r.meta.get(h.meta), spans.first(), spans.last())
                 {
-                    self.findings
-                        .retain(|f| !(*f.rule == *m.name && a <= f.start && f.end <= b));
+                    let lo = self
+                        .findings
+                        .iter()
+                        .rposition(|f| f.start < a)
+                        .map_or(0, |i| i + 1);
+                    let mut recent = self.findings.split_off(lo);
+                    recent.retain(|f| {
+                        !(*f.rule == *m.name && f.path == at && a <= f.start && f.end <= b)
+                    });
+                    self.findings.append(&mut recent);
                 }
-                let at = json::render_path(self.body, first.map_or(path, |p| p));
                 let value = virt.get(h.s..h.e).unwrap_or_default();
-                self.emit(h, &spans, value, false, at.into());
+                self.emit(h, &spans, value, false, at);
                 self.reorder = true;
             }
         }
