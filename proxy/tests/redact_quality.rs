@@ -550,6 +550,23 @@ fn split_private_key_is_masked_in_every_part() {
 }
 
 #[test]
+fn a_key_block_cut_early_is_masked_to_its_end_in_a_long_part() {
+    // the seam is scanned over the head of the next part first; a match
+    // found there is looked for again over the whole part
+    let r = Redactor::builtin();
+    let body_b64 = "QUJD".repeat(1500);
+    let second = format!("{body_b64}SECRETTAILBYTES\n-----END RSA PRIVATE KEY-----\nthanks");
+    let body = parts_body(&["-----BEGIN RSA PRIVATE KEY-----\nMIIE", &second]);
+    let out = run(&r, &body);
+    let joined = joined_parts(&out_str(&out, &body));
+    assert!(
+        !joined.contains("SECRETTAIL") && !joined.contains("QUJD"),
+        "{joined}"
+    );
+    assert!(joined.ends_with("thanks"), "{joined}");
+}
+
+#[test]
 fn parts_not_read_together_are_not_joined() {
     let r = Redactor::builtin();
     // an image between the pieces, and pieces in two messages

@@ -1211,6 +1211,10 @@ impl PieceMap {
 /// longest token a seam can hide.
 const SEAM_TAIL: usize = 512;
 
+/// How much of a part is scanned behind the tail before a match across
+/// the seam is known to be there (far longer than any bounded pattern).
+const SEAM_HEAD: usize = 4096;
+
 /// The most kept when a match runs to a part's end (a private key block
 /// split between parts): more than any key block, and a bound on what
 /// each further part scans again.
@@ -1363,14 +1367,30 @@ impl Scan<'_, '_> {
             cut = cut.min(boundary + h.s);
         }
         if boundary > 0 {
-            let mut virt = String::with_capacity(total);
-            for p in &pieces {
-                virt.push_str(&p.text);
+            // Behind the tail, the head of this part first: a match across
+            // the seam ends there but for a long one, and a match found
+            // there at all (rare: a split secret) is looked for again over
+            // the whole part, where it may go on.
+            let mut head = text.len().min(SEAM_HEAD);
+            while !text.is_char_boundary(head) {
+                head -= 1;
             }
-            virt.push_str(text);
+            let mut virt = String::with_capacity(total);
             let mut hits = Vec::new();
-            self.r.scan_text(&virt, &mut self.win, &mut hits);
-            hits.retain(|h| h.s < boundary && h.e > boundary);
+            loop {
+                virt.clear();
+                for p in &pieces {
+                    virt.push_str(&p.text);
+                }
+                virt.push_str(text.get(..head).unwrap_or_default());
+                hits.clear();
+                self.r.scan_text(&virt, &mut self.win, &mut hits);
+                hits.retain(|h| h.s < boundary && h.e > boundary);
+                if hits.is_empty() || head == text.len() {
+                    break;
+                }
+                head = text.len();
+            }
             let n = self.resolve(&mut hits);
             for h in &hits[..n] {
                 if h.e == total {
