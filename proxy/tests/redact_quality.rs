@@ -629,7 +629,8 @@ fn secret_in_json_value_by_key_name() {
 
 #[test]
 fn hash_is_stable_per_app_and_differs_across_apps() {
-    let dir = tempdir("hash");
+    let tmp = tempdir("hash");
+    let dir = tmp.path();
     std::fs::write(
         dir.join("r.yaml"),
         "hash_key: \"0123456789abcdef0123\"\ndetectors:\n  email: { action: hash }\n",
@@ -655,7 +656,8 @@ fn hash_is_stable_per_app_and_differs_across_apps() {
 
 #[test]
 fn hashed_output_is_stable_under_a_second_pass() {
-    let dir = tempdir("hash2");
+    let tmp = tempdir("hash2");
+    let dir = tmp.path();
     std::fs::write(
         dir.join("r.yaml"),
         "hash_key: \"0123456789abcdef0123\"\ndefault_action: hash\n",
@@ -789,10 +791,13 @@ fn text_plain_whole_body_and_sha() {
 
 // ---------------------------------------------------------------- configuration
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("airlock-redact-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A directory for one test's files, removed when the test ends, also
+/// when it fails.
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("airlock-redact-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -811,7 +816,8 @@ fn shipped_policy_loads() {
 
 #[test]
 fn every_config_error_is_reported_with_file_and_line() {
-    let d = tempdir("cfg");
+    let tmp = tempdir("cfg");
+    let d = tmp.path();
     let yaml = "\
 version: 1
 detectors:
