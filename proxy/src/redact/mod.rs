@@ -1367,8 +1367,8 @@ impl Scan<'_, '_> {
             cut = cut.min(boundary + h.s);
         }
         if boundary > 0 {
-            // Behind the tail, the head of this part first: a match across
-            // the seam ends there but for a long one, and a match found
+            // Behind the tail, this part's head first: a match across the
+            // seam ends within it unless it is a long one, and one found
             // there at all (rare: a split secret) is looked for again over
             // the whole part, where it may go on.
             let mut head = text.len().min(SEAM_HEAD);
