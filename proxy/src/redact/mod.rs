@@ -1178,6 +1178,14 @@ struct Seam {
     next: Option<usize>,
     /// The tail, oldest first.
     pieces: Vec<Piece>,
+    /// Buffers of pieces dropped from the tail, for the next ones: a part
+    /// whose normalisation went into the tail hands the next string an
+    /// empty buffer, and growing one for every part cost a run of parts
+    /// more than its seam scans.
+    spare: Vec<Piece>,
+    /// The joined text and its hits (reused buffers).
+    virt: String,
+    hits: Vec<Hit>,
 }
 
 /// A suffix of one part's scanned text and the way back to body offsets.
@@ -1213,7 +1221,7 @@ const SEAM_TAIL: usize = 512;
 
 /// How much of a part is scanned behind the tail before a match across
 /// the seam is known to be there (far longer than any bounded pattern).
-const SEAM_HEAD: usize = 4096;
+const SEAM_HEAD: usize = 512;
 
 /// The most kept when a match runs to a part's end (a private key block
 /// split between parts): more than any key block, and a bound on what
@@ -1341,7 +1349,8 @@ impl Scan<'_, '_> {
         path: &[Seg],
     ) -> Norm {
         if self.seam.next != Some(k) || !same_path(&self.seam.array, array) {
-            self.seam.pieces.clear();
+            let dropped = std::mem::take(&mut self.seam.pieces);
+            self.seam.spare.extend(dropped);
             self.seam.array.clear();
             self.seam.array.extend_from_slice(array);
         }
@@ -1375,8 +1384,8 @@ impl Scan<'_, '_> {
             while !text.is_char_boundary(head) {
                 head -= 1;
             }
-            let mut virt = String::with_capacity(total);
-            let mut hits = Vec::new();
+            let mut virt = std::mem::take(&mut self.seam.virt);
+            let mut hits = std::mem::take(&mut self.seam.hits);
             loop {
                 virt.clear();
                 for p in &pieces {
@@ -1432,6 +1441,7 @@ impl Scan<'_, '_> {
                 self.emit(h, &spans, value, false, at);
                 self.reorder = true;
             }
+            (self.seam.virt, self.seam.hits) = (virt, hits);
         }
         let floor = total.saturating_sub(SEAM_MAX);
         cut = cut.max(floor);
@@ -1448,6 +1458,8 @@ impl Scan<'_, '_> {
                 pc.text.drain(..from);
                 pc.off += from;
                 kept.push(pc);
+            } else {
+                self.seam.spare.push(pc);
             }
             vo += len;
         }
@@ -1455,17 +1467,25 @@ impl Scan<'_, '_> {
         while from > 0 && !text.is_char_boundary(from) {
             from -= 1;
         }
-        let tail = text.get(from..).unwrap_or_default().to_string();
-        let (map, back) = if fast {
-            (PieceMap::Raw(start), norm)
-        } else {
-            (PieceMap::Norm(norm), Norm::default())
+        // this part's piece, in the buffers of a dropped one if there is one
+        let (mut tail, mut at, spare_norm) = match self.seam.spare.pop() {
+            Some(pc) => (pc.text, pc.path, pc.map),
+            None => (String::new(), Vec::new(), PieceMap::Raw(0)),
+        };
+        tail.clear();
+        tail.push_str(text.get(from..).unwrap_or_default());
+        at.clear();
+        at.extend_from_slice(path);
+        let (map, back) = match (fast, spare_norm) {
+            (true, _) => (PieceMap::Raw(start), norm),
+            (false, PieceMap::Norm(n)) => (PieceMap::Norm(norm), n),
+            (false, PieceMap::Raw(_)) => (PieceMap::Norm(norm), Norm::default()),
         };
         kept.push(Piece {
             text: tail,
             off: from,
             map,
-            path: path.to_vec(),
+            path: at,
         });
         self.seam.pieces = kept;
         back
