@@ -1220,7 +1220,8 @@ impl PieceMap {
 const SEAM_TAIL: usize = 512;
 
 /// How much of a part is scanned behind the tail before a match across
-/// the seam is known to be there (far longer than any bounded pattern).
+/// the seam is known to be there (longer than any built-in pattern with a
+/// bound; the unbounded ones match up to the end of what is scanned).
 const SEAM_HEAD: usize = 512;
 
 /// The most kept when a match runs to a part's end (a private key block
