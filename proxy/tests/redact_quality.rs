@@ -695,6 +695,35 @@ fn block_and_monitor_and_overrides() {
     assert_eq!(out.findings.len(), 2);
 }
 
+#[test]
+fn an_ibans_digits_are_the_ibans_alone() {
+    // this IBAN's account number holds a Luhn-valid Visa number
+    // (4111 1111 1111 1111): with cards blocked, it is still an IBAN, masked
+    let r = Redactor::builtin();
+    let mut ov = HashMap::new();
+    ov.insert("CARD".to_string(), Action::Block);
+    let body = chat("pay to DE89 4111 1111 1111 1111 11 today");
+    let mut q = req(&body, Some("application/json"));
+    q.overrides = Some(&ov);
+    let out = r.redact(&q).unwrap();
+    assert!(out.blocked.is_none(), "{:?}", out.blocked);
+    let kinds: Vec<&str> = out.findings.iter().map(|f| &*f.kind).collect();
+    assert_eq!(kinds, ["IBAN"]);
+    // a card right after an IBAN (one window) is still found, and blocks
+    let body = chat("IBAN DE89 3704 0044 0532 0130 00 card 4111 1111 1111 1111");
+    let mut q = req(&body, Some("application/json"));
+    q.overrides = Some(&ov);
+    let out = r.redact(&q).unwrap();
+    let kinds: Vec<&str> = out.findings.iter().map(|f| &*f.kind).collect();
+    assert_eq!(kinds, ["IBAN", "CARD"]);
+    assert!(out.blocked.as_deref().unwrap().contains("CARD"));
+    // and one before it
+    let body = chat("card 4111 1111 1111 1111 IBAN DE89 3704 0044 0532 0130 00");
+    let out = run(&r, &body);
+    let kinds: Vec<&str> = out.findings.iter().map(|f| &*f.kind).collect();
+    assert_eq!(kinds, ["CARD", "IBAN"]);
+}
+
 // ---------------------------------------------------------------- refusals and encodings
 
 #[test]
