@@ -60,13 +60,71 @@ enum Class {
 impl Class {
     #[inline]
     fn has(self, c: u8) -> bool {
-        match self {
-            Class::UpperDigit => c.is_ascii_uppercase() || c.is_ascii_digit(),
-            Class::Alnum => c.is_ascii_alphanumeric(),
-            Class::Word => word(c),
-            Class::WordDash => word(c) || c == b'-',
-            Class::AlnumDash => c.is_ascii_alphanumeric() || c == b'-',
+        let m = match self {
+            Class::UpperDigit => byte::UPPER | byte::DIGIT,
+            Class::Alnum => byte::ALNUM,
+            Class::Word => byte::WORD,
+            Class::WordDash => byte::WORD | byte::DASH,
+            Class::AlnumDash => byte::ALNUM | byte::DASH,
+        };
+        byte::is(c, m)
+    }
+}
+
+/// ASCII byte classes by table lookup: a class made of ranges costs a test
+/// and a branch per range, and over the bytes of a match those add up.
+pub(crate) mod byte {
+    pub const WORD: u8 = 1;
+    pub const ALNUM: u8 = 1 << 1;
+    pub const DIGIT: u8 = 1 << 2;
+    pub const UPPER: u8 = 1 << 3;
+    pub const ALPHA: u8 = 1 << 4;
+    pub const DASH: u8 = 1 << 5;
+    /// An email's local part: `[A-Za-z0-9._%+-]`.
+    pub const LOCAL: u8 = 1 << 6;
+    /// An email's domain: `[A-Za-z0-9.-]`.
+    pub const DOMAIN: u8 = 1 << 7;
+
+    static TABLE: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            let mut m = 0;
+            if c.is_ascii_alphanumeric() {
+                m |= ALNUM | WORD | LOCAL | DOMAIN;
+            }
+            if c == b'_' {
+                m |= WORD | LOCAL;
+            }
+            if c.is_ascii_digit() {
+                m |= DIGIT;
+            }
+            if c.is_ascii_uppercase() {
+                m |= UPPER;
+            }
+            if c.is_ascii_alphabetic() {
+                m |= ALPHA;
+            }
+            if c == b'-' {
+                m |= DASH | LOCAL | DOMAIN;
+            }
+            if c == b'.' {
+                m |= LOCAL | DOMAIN;
+            }
+            if c == b'%' || c == b'+' {
+                m |= LOCAL;
+            }
+            t[i] = m;
+            i += 1;
         }
+        t
+    };
+
+    /// Whether `c` is in one of the classes of `m`.
+    #[inline]
+    pub fn is(c: u8, m: u8) -> bool {
+        TABLE[usize::from(c)] & m != 0
     }
 }
 
@@ -576,9 +634,18 @@ fn prefixed(a: &Alt, h: &[u8], p: usize) -> Option<usize> {
 /// is the leftmost boundary at most 64 bytes before an `@` with only local
 /// bytes between.
 fn email(h: &[u8], at: usize) -> Option<(usize, usize)> {
-    let local = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
+    let local = |c: u8| byte::is(c, byte::LOCAL);
+    // trigger windows hold an email or two: a byte loop finds their `@`
+    // for less than memchr's set-up
+    let find = |x: &[u8]| {
+        if x.len() < 64 {
+            x.iter().position(|&c| c == b'@')
+        } else {
+            memchr::memchr(b'@', x)
+        }
+    };
     let mut from = at;
-    while let Some(k) = h.get(from..).and_then(|x| memchr::memchr(b'@', x)) {
+    while let Some(k) = h.get(from..).and_then(find) {
         let a = from + k;
         let mut s = a;
         while s > at && a - s < 64 && local(h[s - 1]) {
@@ -602,14 +669,14 @@ fn email(h: &[u8], at: usize) -> Option<(usize, usize)> {
 /// a dot); the most labels after which the next part starts with 2–24
 /// letters and a boundary.
 fn domain(h: &[u8], d: usize) -> Option<usize> {
-    let part_end = |i: usize| run(h, i, |c| c.is_ascii_alphanumeric() || c == b'-');
+    let part_end = |i: usize| run(h, i, |c| byte::is(c, byte::ALNUM | byte::DASH));
     let label = |s: usize, e: usize| {
         (1..=64).contains(&(e - s))
             && h[s].is_ascii_alphanumeric()
             && h[e - 1].is_ascii_alphanumeric()
     };
     let tld = |s: usize| {
-        let e = run(h, s, |c| c.is_ascii_alphabetic());
+        let e = run(h, s, |c| byte::is(c, byte::ALPHA));
         ((2..=24).contains(&(e - s)) && ends_word(h, e)).then_some(e)
     };
     let e1 = part_end(d);
@@ -639,6 +706,28 @@ mod tests {
     use super::*;
     use crate::redact::detectors;
     use proptest::prelude::*;
+
+    /// The class table against each class's definition, on every byte.
+    #[test]
+    fn byte_classes_match_their_definitions() {
+        for c in 0..=255u8 {
+            let alnum = c.is_ascii_alphanumeric();
+            let want = [
+                (byte::WORD, alnum || c == b'_'),
+                (byte::ALNUM, alnum),
+                (byte::DIGIT, c.is_ascii_digit()),
+                (byte::UPPER, c.is_ascii_uppercase()),
+                (byte::ALPHA, c.is_ascii_alphabetic()),
+                (byte::DASH, c == b'-'),
+                (byte::LOCAL, alnum || b"._%+-".contains(&c)),
+                (byte::DOMAIN, alnum || b".-".contains(&c)),
+            ];
+            for (m, w) in want {
+                assert_eq!(byte::is(c, m), w, "byte {c:#04x}, class {m:#04x}");
+            }
+            assert_eq!(byte::is(c, byte::WORD), word(c));
+        }
+    }
 
     fn regex_of(rule: &str) -> regex::Regex {
         let b = detectors::builtins()

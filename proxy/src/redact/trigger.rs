@@ -15,6 +15,7 @@
 //! non-word character in the full text), so `(?-u:\b)` means the same in a
 //! window as in the whole string; validators see the whole string.
 
+use super::confirm::byte;
 use super::simd::{self, Masks};
 
 /// What every PEM block starts with.
@@ -86,12 +87,12 @@ const TOKEN_RUN: usize = 16;
 
 #[inline]
 fn is_email_local(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-')
+    byte::is(c, byte::LOCAL)
 }
 
 #[inline]
 fn is_email_domain(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-')
+    byte::is(c, byte::DOMAIN)
 }
 
 /// Start of the word `max` bytes or fewer before `pos` (just after a
