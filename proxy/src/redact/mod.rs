@@ -558,6 +558,8 @@ impl Redactor {
             body_stops: json.then_some(&stops[..]),
             seam: Seam::default(),
             reorder: false,
+            order: std::mem::take(&mut scratch.order),
+            sorted: std::mem::take(&mut scratch.sorted),
         };
         let walked = if json {
             json::walk_with(input, &special, &mut scan).map_err(|e| match e {
@@ -576,6 +578,8 @@ impl Redactor {
             hits,
             win,
             reorder,
+            order,
+            sorted,
             ..
         } = scan;
         if reorder {
@@ -584,7 +588,10 @@ impl Redactor {
         let body = if walked.is_err() || blocked.is_some() || repl.is_empty() {
             None
         } else {
-            repl.sort_by_key(|r| r.0);
+            // in body order already unless a seam was crossed
+            if !repl.is_sorted_by_key(|r| r.0) {
+                repl.sort_by_key(|r| r.0);
+            }
             let mut out = Vec::with_capacity(input.len() + repl.len() * 16);
             let mut at = 0;
             for &(s, e, ref tok) in &repl {
@@ -605,6 +612,7 @@ impl Redactor {
         if input.len() <= SCRATCH_KEEP {
             (scratch.norm, scratch.hits, scratch.win, scratch.repl) = (norm, hits, win, repl);
             (scratch.special, scratch.stops) = (special, stops);
+            (scratch.order, scratch.sorted) = (order, sorted);
             SCRATCH.with(|c| c.set(Some(scratch)));
         }
         walked?;
@@ -879,6 +887,9 @@ struct Scratch {
     /// The body's special-byte and normalisation-stop masks.
     special: Vec<u64>,
     stops: Vec<u64>,
+    /// [`Scan::resolve`]'s sort keys and copy of the hits.
+    order: Vec<u64>,
+    sorted: Vec<Hit>,
 }
 
 /// Largest body whose buffers are kept for the next request (bigger ones
@@ -1194,6 +1205,9 @@ struct Scan<'r, 'b> {
     /// A finding across a seam was recorded after the part it starts in:
     /// the findings need sorting back into body order.
     reorder: bool,
+    /// [`Scan::resolve`]'s sort keys and copy of the hits (reused buffers).
+    order: Vec<u64>,
+    sorted: Vec<Hit>,
 }
 
 impl Scan<'_, '_> {
@@ -1327,7 +1341,7 @@ impl Scan<'_, '_> {
     /// in one sweep by start: of two overlapping hits keep the enforcing
     /// one, then the longer, then the earlier rule. The kept hits are moved
     /// to the front of `hits`; returns how many there are.
-    fn resolve(&self, hits: &mut [Hit]) -> usize {
+    fn resolve(&mut self, hits: &mut [Hit]) -> usize {
         for h in hits.iter_mut() {
             let Some(m) = self.r.meta.get(h.meta) else {
                 continue;
@@ -1337,33 +1351,74 @@ impl Scan<'_, '_> {
                 .and_then(|o| o.get(&*m.kind).copied())
                 .unwrap_or(m.action);
         }
-        // Hits of one rule at one start differ only in their end, and the
-        // sweep keeps the longest whichever comes first: the end needs no
-        // place in the key, and one integer compares faster than a tuple.
-        if self.r.meta.len() <= 1 << 20 {
-            hits.sort_unstable_by_key(|h| ((h.s as u64) << 20) | h.meta as u64);
-        } else {
-            hits.sort_unstable_by_key(|h| (h.s, h.meta, h.e));
-        }
         let better = |a: &Hit, b: &Hit| {
             (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
                 > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
         };
-        let mut n = 0usize;
-        for k in 0..hits.len() {
-            let h = hits[k];
-            match n.checked_sub(1).map(|l| hits[l]) {
-                Some(last) if h.s < last.e => {
-                    if better(&h, &last) {
-                        hits[n - 1] = h;
+        // Sweep `hits` in start order, moving the kept ones to the front
+        // (`at(k)` is the k-th by start; `n` never passes `k`).
+        fn sweep(
+            hits: &mut [Hit],
+            at: impl Fn(&[Hit], usize) -> Hit,
+            better: impl Fn(&Hit, &Hit) -> bool,
+        ) -> usize {
+            let mut n = 0usize;
+            for k in 0..hits.len() {
+                let h = at(hits, k);
+                match n.checked_sub(1).map(|l| hits[l]) {
+                    Some(last) if h.s < last.e => {
+                        if better(&h, &last) {
+                            hits[n - 1] = h;
+                        }
+                    }
+                    _ => {
+                        hits[n] = h;
+                        n += 1;
                     }
                 }
-                _ => {
-                    hits[n] = h;
-                    n += 1;
-                }
             }
+            n
         }
+        // Hits of one rule at one start differ only in their end, and the
+        // sweep keeps the longest whichever comes first: the end needs no
+        // place in the order. Sorted as one integer each (start, rule,
+        // index) and then gathered: sorting the hits themselves by a key
+        // cost ~150 instructions a hit.
+        let fits = hits.len() <= 1 << 12
+            && self.r.meta.len() <= 1 << 20
+            && hits.iter().all(|h| h.s < 1 << 32);
+        if !fits {
+            hits.sort_unstable_by_key(|h| (h.s, h.meta, h.e));
+            return sweep(hits, |h, k| h[k], better);
+        }
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(
+            hits.iter()
+                .enumerate()
+                .map(|(k, h)| ((h.s as u64) << 32) | ((h.meta as u64) << 12) | k as u64),
+        );
+        order.sort_unstable();
+        // the sweep writes over the front of `hits` while reading by index
+        // into it: read from a copy
+        let mut orig = std::mem::take(&mut self.sorted);
+        orig.clear();
+        orig.extend_from_slice(hits);
+        let n = sweep(
+            hits,
+            |_, k| {
+                let i = order.get(k).map_or(0, |&x| (x & 0xFFF) as usize);
+                orig.get(i).copied().unwrap_or(Hit {
+                    s: 0,
+                    e: 0,
+                    meta: 0,
+                    action: Action::Monitor,
+                })
+            },
+            better,
+        );
+        self.order = order;
+        self.sorted = orig;
         n
     }
 

@@ -698,3 +698,41 @@ fn minimum_match_lengths_of_patterns() {
     // a pattern that does not parse here has no minimum
     assert_eq!(min_match_len("("), 0);
 }
+
+/// Overlaps resolve the same way whether a string's hits are ordered by
+/// packed keys (up to 4,096 hits) or by the general sort (more).
+#[test]
+fn overlaps_resolve_alike_with_few_hits_and_many() {
+    let r = Redactor::builtin();
+    // each piece: an email, an IBAN, a phone with a country code (the
+    // national-number rule also matches its last ten digits: two hits,
+    // overlapping), then a card
+    let piece =
+        "x@example.com DE89 4111 1111 1111 1111 11 call +1 415 555 2671 or 5555555555554444 ";
+    let one = r.redact(&req(&chat(piece))).unwrap();
+    let kinds = |o: &Outcome| {
+        o.findings
+            .iter()
+            .map(|f| f.kind.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&one), ["EMAIL", "IBAN", "PHONE", "CARD"]);
+    assert_eq!(
+        one.findings[2].end - one.findings[2].start,
+        "+1 415 555 2671".len()
+    );
+    let once = String::from_utf8(one.body.clone().unwrap()).unwrap();
+    let redacted_piece: serde_json::Value = serde_json::from_str(&once).unwrap();
+    let redacted_piece = redacted_piece["messages"][0]["content"].as_str().unwrap();
+    for n in [500, 1400] {
+        // fewer than 4,096 hits in one string, and more
+        let many = r.redact(&req(&chat(&piece.repeat(n)))).unwrap();
+        assert_eq!(many.findings.len(), 4 * n);
+        assert_eq!(kinds(&many), vec![kinds(&one); n].concat());
+        let out: serde_json::Value = serde_json::from_slice(&many.body.unwrap()).unwrap();
+        assert_eq!(
+            out["messages"][0]["content"].as_str().unwrap(),
+            redacted_piece.repeat(n)
+        );
+    }
+}
