@@ -696,6 +696,22 @@ fn block_and_monitor_and_overrides() {
 }
 
 #[test]
+fn a_bearer_glued_to_a_long_word_and_the_shortest_slack_token_are_found() {
+    let r = Redactor::builtin();
+    // a header pasted as JSON: the word before the token is 25 bytes long
+    let body = chat(r#"curl with {"Authorization":"Bearer 9f8e7d6c5b4a39281706f5e4d3c2b1a0"} now"#);
+    let out = run(&r, &body);
+    let rules: Vec<&str> = out.findings.iter().map(|f| &*f.rule).collect();
+    assert_eq!(rules, ["bearer.token"]);
+    assert!(!out_str(&out, &body).contains("9f8e7d6c5b4a3928"));
+    // `xox?-` and ten more: 15 bytes, the shortest the pattern takes
+    let body = chat("slack xoxb-1a2b3c4d5e here");
+    let out = run(&r, &body);
+    let rules: Vec<&str> = out.findings.iter().map(|f| &*f.rule).collect();
+    assert_eq!(rules, ["slack.token"]);
+}
+
+#[test]
 fn an_ibans_digits_are_the_ibans_alone() {
     // this IBAN's account number holds a Luhn-valid Visa number
     // (4111 1111 1111 1111): with cards blocked, it is still an IBAN, masked

@@ -1438,22 +1438,21 @@ impl Scan<'_, '_> {
         else {
             return;
         };
+        if h.action == Action::Block && self.blocked.is_none() {
+            self.blocked = Some(format!("{} found by rule {} at {}", m.kind, m.name, path));
+        }
+        // `path` moves in: a clone and a drop are two atomic operations
         self.findings.push(Finding {
             kind: m.kind.clone(),
             rule: m.name.clone(),
             action: h.action,
-            path: path.clone(),
+            path,
             in_key,
             start: first.0,
             end: last.1,
         });
         let token = match h.action {
-            Action::Block => {
-                if self.blocked.is_none() {
-                    self.blocked = Some(format!("{} found by rule {} at {}", m.kind, m.name, path));
-                }
-                return;
-            }
+            Action::Block => return,
             Action::Monitor => return,
             Action::Mask => Token::Mask(h.meta),
             Action::Hash => {

@@ -736,3 +736,82 @@ fn overlaps_resolve_alike_with_few_hits_and_many() {
         );
     }
 }
+
+/// The token rules find in their trigger windows what they find over the
+/// whole string, on generated strings of near-tokens, bearer headers and
+/// prose (the windows start at the run, or at the word before it).
+#[test]
+fn token_windows_find_what_the_whole_string_holds() {
+    const PIECES: &[&str] = &[
+        "Bearer ",
+        "bearer\t",
+        "BEARER  ",
+        "Authorization: ",
+        "Authorization:Bearer ",
+        "token ",
+        "the ",
+        "quarterly report ",
+        "ghp_",
+        "AKIA",
+        "sk-",
+        "sk-proj-",
+        "xoxb-",
+        "eyJ",
+        "AIza",
+        "https://hooks.slack.com/services/",
+        "9f8e7d6c5b4a3928",
+        "abcdefghij",
+        "ABCDEFGHIJKLMNOP",
+        "0123456789",
+        ".",
+        "-",
+        "_",
+        "~",
+        "=",
+        "/",
+        " ",
+        "\n",
+        "\"",
+        "(",
+    ];
+    let r = Redactor::builtin();
+    let class = r
+        .classes
+        .iter()
+        .find(|c| c.class == Class::Token)
+        .expect("token class");
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut win = Windows::default();
+    let mut found = 0;
+    for _ in 0..20_000 {
+        let mut s = String::new();
+        while s.len() < 160 {
+            s.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+        }
+        let key = |h: &Hit| (h.s, h.e, h.meta);
+        let mut hits = Vec::new();
+        r.scan_text(&s, &mut win, &mut hits);
+        let mut windowed: Vec<_> = hits
+            .iter()
+            .filter(|h| class.rules.contains(&h.meta))
+            .map(key)
+            .collect();
+        let mask = vec![0u64; s.len().div_ceil(64)];
+        let mut whole = Vec::new();
+        for &i in &class.rules {
+            r.run_rule(i, &s, (0, s.len()), &mask, &mut whole);
+        }
+        let mut whole: Vec<_> = whole.iter().map(key).collect();
+        windowed.sort_unstable();
+        whole.sort_unstable();
+        assert_eq!(windowed, whole, "in {s:?}");
+        found += whole.len();
+    }
+    assert!(found > 2_000, "{found}");
+}

@@ -2,7 +2,7 @@
 //! a detector *could* match, as windows, so the patterns run only there.
 //!
 //! Every built-in pattern needs one of: an `@` (email), a `=`/`:` after a
-//! secret-ish label (assignments), `-----BEGIN` (PEM), a run of 16+ token
+//! secret-ish label (assignments), `-----BEGIN` (PEM), a run of 15+ token
 //! characters (API keys, JWTs, bearer tokens, webhooks), or a cluster of 7+
 //! digits (cards, IBANs, SSNs, phones; 4+ after a birth-date label or with
 //! IPv4 on). Finding those takes memchr/memmem and bit masks of the digit
@@ -82,8 +82,9 @@ pub(crate) mod shape {
     }
 }
 
-/// Shortest run of token characters that triggers the token detectors.
-const TOKEN_RUN: usize = 16;
+/// Shortest run of token characters that triggers the token detectors: the
+/// shortest match of a token rule (`xox?-` and 10 more, a Slack token).
+const TOKEN_RUN: usize = 15;
 
 #[inline]
 fn is_email_local(c: u8) -> bool {
@@ -118,6 +119,36 @@ fn expand_right(b: &[u8], pos: usize, max: usize) -> usize {
     match b[pos..hi].iter().rposition(|c| c.is_ascii_whitespace()) {
         Some(i) => pos + i,
         None => pos,
+    }
+}
+
+/// Where a token window starts: at the run, at the `https:` glued before
+/// it, or at a `bearer` (any case, at a word start) that only spaces or
+/// tabs separate from it. Every token pattern but two matches a run of
+/// token bytes from its start; `slack.webhook` starts with the `https:`
+/// before its run (`:` is no token byte) and `bearer.token` with its
+/// literal, then blanks. So nothing further back can start a match.
+/// (Windows used to reach back to the first word start within 24 bytes,
+/// for every rule's literals: more bytes to filter, and a `bearer` glued
+/// to a longer word, as in `{"Authorization":"Bearer <token>`, was out of
+/// reach.)
+fn token_lead(b: &[u8], s: usize) -> usize {
+    if s >= 6 && &b[s - 6..s] == b"https:" {
+        return s - 6;
+    }
+    let mut k = s;
+    while k > 0 && matches!(b[k - 1], b' ' | b'\t') {
+        k -= 1;
+    }
+    match k.checked_sub(6) {
+        Some(w)
+            if k < s
+                && b[w..k].eq_ignore_ascii_case(b"bearer")
+                && (w == 0 || !super::confirm::word(b[w - 1])) =>
+        {
+            w
+        }
+        _ => s,
     }
 }
 
@@ -363,18 +394,18 @@ pub(crate) fn find(text: &str, min_digits: usize, lower: bool, w: &mut Windows) 
     let starts = &mut w.starts;
     starts.clear();
     starts.extend_from_slice(&masks.digit);
-    // Token runs of 16+ bytes, from the token-class mask.
+    // Token runs of 15+ bytes, from the token-class mask.
     let mut i = 0usize;
     while let Some((s, e)) = simd::next_run(&masks.token, i, TOKEN_RUN) {
         let e = e.min(b.len());
+        let lead = token_lead(b, s);
         // a run of lowercase hex, dashes and dots (UUIDs, git SHAs,
-        // hashes) cannot hold any token format
-        if simd::hexish(&b[s..e]) {
+        // hashes) holds no token format, unless it is a bearer's token
+        if lead == s && simd::hexish(&b[s..e]) {
             // the digits in it start no cluster
             simd::clear_range(starts, s, e);
         } else {
-            let ws = expand_left(b, s, 24);
-            push(&mut w.token, (ws, e));
+            push(&mut w.token, (lead, e));
         }
         i = e + 1;
     }
