@@ -116,9 +116,9 @@ pub struct ScanRequest<'a> {
 pub struct Finding {
     /// Finding type, e.g. `EMAIL`, `CARD`, `AWS_KEY`.
     #[serde(rename = "type")]
-    pub kind: Arc<str>,
+    pub kind: Cow<'static, str>,
     /// The rule that fired, e.g. `phone.e164` or a dictionary's name.
-    pub rule: Arc<str>,
+    pub rule: Cow<'static, str>,
     /// The action taken (after policy overrides).
     pub action: Action,
     /// JSON path of the string (`$` for a text body); keys holding a finding print as `[*]`.
@@ -173,9 +173,28 @@ pub fn findings_by_type(findings: &[Finding]) -> BTreeMap<String, u64> {
 /// Name, type and default action of one compiled rule.
 #[derive(Debug, Clone)]
 struct Meta {
-    name: Arc<str>,
-    kind: Arc<str>,
+    name: &'static str,
+    kind: &'static str,
     action: Action,
+}
+
+/// A rule's name or type as a `&'static str`: one copy of each distinct
+/// string for the life of the process. A finding copies two of them; as
+/// shared `Arc<str>`s that was two atomic increments and two decrements a
+/// finding. Names come from the built-ins and the policy files, so what is
+/// kept grows only with names never seen before, not with reloads.
+fn intern(s: &str) -> &'static str {
+    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(&n) = names.get(s) {
+        return n;
+    }
+    let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    names.insert(n);
+    n
 }
 
 struct Rule {
@@ -234,7 +253,7 @@ impl std::fmt::Debug for Redactor {
         f.debug_struct("Redactor")
             .field(
                 "rules",
-                &self.meta.iter().map(|m| &*m.name).collect::<Vec<_>>(),
+                &self.meta.iter().map(|m| m.name).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -380,8 +399,8 @@ impl Redactor {
                 min_len: min_match_len(b.pattern),
             });
             meta.push(Meta {
-                name: b.rule.into(),
-                kind: b.kind.into(),
+                name: b.rule,
+                kind: b.kind,
                 action,
             });
         }
@@ -399,8 +418,8 @@ impl Redactor {
                 min_len: min_match_len(&r.pattern),
             });
             meta.push(Meta {
-                name: r.name.as_str().into(),
-                kind: r.kind.as_str().into(),
+                name: intern(&r.name),
+                kind: intern(&r.kind),
                 action: r.action,
             });
         }
@@ -408,7 +427,7 @@ impl Redactor {
             if c.class == Class::Digits && c.rules.len() <= 64 {
                 let mut t = [0u64; 16];
                 for (k, &i) in c.rules.iter().enumerate() {
-                    if meta.get(i).is_some_and(|m: &Meta| &*m.name == "iban") {
+                    if meta.get(i).is_some_and(|m: &Meta| m.name == "iban") {
                         c.iban_bit = 1 << k;
                     }
                     let need = rules.get(i).map_or(!0, |r: &Rule| r.need);
@@ -444,8 +463,8 @@ impl Redactor {
         for d in &cfg.dictionaries {
             let mi = meta.len();
             meta.push(Meta {
-                name: d.name.as_str().into(),
-                kind: d.kind.as_str().into(),
+                name: intern(&d.name),
+                kind: intern(&d.kind),
                 action: d.action,
             });
             for t in &d.terms {
@@ -479,13 +498,13 @@ impl Redactor {
         };
         let secret_key = secret_key.map(|(action, floor)| {
             meta.push(Meta {
-                name: "secret_assignment.json_key".into(),
-                kind: "SECRET".into(),
+                name: "secret_assignment.json_key",
+                kind: "SECRET",
                 action,
             });
             (meta.len() - 1, floor)
         });
-        let min_digits = if meta.iter().any(|m| &*m.kind == "IPV4") {
+        let min_digits = if meta.iter().any(|m| m.kind == "IPV4") {
             4
         } else {
             7
@@ -1014,7 +1033,7 @@ impl LitFilter {
         let mut first = Box::new([0u64; 256]);
         let mut lits = Vec::new();
         for (k, &i) in rules.iter().enumerate() {
-            let (l, any_case) = rule_literals(&meta.get(i)?.name)?;
+            let (l, any_case) = rule_literals(meta.get(i)?.name)?;
             for x in l {
                 let c = *x.as_bytes().first()?;
                 first[usize::from(c)] |= 1 << k;
@@ -1151,7 +1170,7 @@ enum Token {
 
 impl Token {
     fn write(&self, meta: &[Meta], out: &mut Vec<u8>) {
-        let kind = |i: usize| meta.get(i).map_or("", |m| &*m.kind).as_bytes();
+        let kind = |i: usize| meta.get(i).map_or("", |m| m.kind).as_bytes();
         match *self {
             Token::Mask(i) => {
                 out.extend_from_slice(b"[REDACTED:");
@@ -1348,7 +1367,7 @@ impl Scan<'_, '_> {
             };
             h.action = self
                 .overrides
-                .and_then(|o| o.get(&*m.kind).copied())
+                .and_then(|o| o.get(m.kind).copied())
                 .unwrap_or(m.action);
         }
         let better = |a: &Hit, b: &Hit| {
@@ -1443,8 +1462,8 @@ impl Scan<'_, '_> {
         }
         // `path` moves in: a clone and a drop are two atomic operations
         self.findings.push(Finding {
-            kind: m.kind.clone(),
-            rule: m.name.clone(),
+            kind: Cow::Borrowed(m.kind),
+            rule: Cow::Borrowed(m.name),
             action: h.action,
             path,
             in_key,

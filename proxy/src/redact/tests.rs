@@ -499,7 +499,7 @@ fn literal_matchers_start_with_their_rules_literals() {
         let Some(starts) = rule.fast.and_then(|f| f.literal_starts()) else {
             continue;
         };
-        let name = &*r.meta[i].name;
+        let name = r.meta[i].name;
         let (lits, any_case) = rule_literals(name).expect("token rule has literals");
         assert!(!any_case, "{name}");
         for s in starts {
@@ -814,4 +814,16 @@ fn token_windows_find_what_the_whole_string_holds() {
         found += whole.len();
     }
     assert!(found > 2_000, "{found}");
+}
+
+/// A name is kept once however many times a policy naming it is loaded.
+#[test]
+fn names_are_interned_once() {
+    let a = intern(&String::from("customer_names"));
+    let b = intern(&String::from("customer_names"));
+    assert!(std::ptr::eq(a, b));
+    assert_eq!(a, "customer_names");
+    let c = intern("code_names");
+    assert!(!std::ptr::eq(a, c));
+    assert_eq!(c, "code_names");
 }
