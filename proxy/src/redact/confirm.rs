@@ -563,22 +563,17 @@ fn e164_groups(h: &[u8], p: usize, i: usize, rep: usize, failed: &mut [u64; 6]) 
 /// back to the last one followed by a boundary.
 fn iban(h: &[u8], p: usize) -> Option<usize> {
     let up = |i: usize| h.get(i).is_some_and(u8::is_ascii_uppercase);
-    let ch = |i: usize| {
-        h.get(i)
-            .is_some_and(|&c| c.is_ascii_uppercase() || c.is_ascii_digit())
-    };
+    let ch = |c: &u8| byte::is(*c, byte::UPPER | byte::DIGIT);
     if !(up(p) && up(p + 1) && digits_n(h, p + 2, 2)) {
         return None;
     }
     let mut q = p + 4;
     let mut best = None;
     for n in 1..=32 {
-        if ch(q) {
-            q += 1;
-        } else if h.get(q) == Some(&b' ') && ch(q + 1) {
-            q += 2;
-        } else {
-            break;
+        match h.get(q) {
+            Some(c) if ch(c) => q += 1,
+            Some(b' ') if h.get(q + 1).is_some_and(ch) => q += 2,
+            _ => break,
         }
         if n >= 11 && ends_word(h, q) {
             best = Some(q);

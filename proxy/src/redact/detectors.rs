@@ -317,7 +317,7 @@ pub(crate) fn validate(v: Validator, text: &str, s: usize, e: usize) -> Option<(
                 .collect();
             !d.is_empty() && luhn(&d)
         }
-        Validator::Mod97 => mod97(&m.replace(' ', "")),
+        Validator::Mod97 => mod97(m.replace(' ', "").as_bytes()),
         Validator::NotAnthropic => !m.starts_with("sk-ant-"),
     };
     ok.then_some((s, e))
@@ -581,83 +581,102 @@ fn ssn_ok(m: &str) -> bool {
 
 /// Registered IBAN lengths per country (ISO 13616 registry, common subset;
 /// unknown countries accept 15–34).
-fn iban_len(cc: &str) -> Option<usize> {
-    Some(match cc {
-        "AD" => 24,
-        "AE" => 23,
-        "AL" => 28,
-        "AT" => 20,
-        "AZ" => 28,
-        "BA" => 20,
-        "BE" => 16,
-        "BG" => 22,
-        "BH" => 22,
-        "BR" => 29,
-        "CH" => 21,
-        "CR" => 22,
-        "CY" => 28,
-        "CZ" => 24,
-        "DE" => 22,
-        "DK" => 18,
-        "DO" => 28,
-        "EE" => 20,
-        "EG" => 29,
-        "ES" => 24,
-        "FI" => 18,
-        "FO" => 18,
-        "FR" => 27,
-        "GB" => 22,
-        "GE" => 22,
-        "GI" => 23,
-        "GL" => 18,
-        "GR" => 27,
-        "GT" => 28,
-        "HR" => 21,
-        "HU" => 28,
-        "IE" => 22,
-        "IL" => 23,
-        "IS" => 26,
-        "IT" => 27,
-        "JO" => 30,
-        "KW" => 30,
-        "KZ" => 20,
-        "LB" => 28,
-        "LI" => 21,
-        "LT" => 20,
-        "LU" => 20,
-        "LV" => 21,
-        "MC" => 27,
-        "MD" => 24,
-        "ME" => 22,
-        "MK" => 19,
-        "MR" => 27,
-        "MT" => 31,
-        "MU" => 30,
-        "NL" => 18,
-        "NO" => 15,
-        "PK" => 24,
-        "PL" => 28,
-        "PS" => 29,
-        "PT" => 25,
-        "QA" => 29,
-        "RO" => 24,
-        "RS" => 22,
-        "SA" => 24,
-        "SE" => 24,
-        "SI" => 19,
-        "SK" => 24,
-        "SM" => 27,
-        "TN" => 24,
-        "TR" => 26,
-        "UA" => 29,
-        "VG" => 24,
-        "XK" => 20,
-        _ => return None,
-    })
+pub(crate) const IBAN_LENGTHS: &[([u8; 2], u8)] = &[
+    (*b"AD", 24),
+    (*b"AE", 23),
+    (*b"AL", 28),
+    (*b"AT", 20),
+    (*b"AZ", 28),
+    (*b"BA", 20),
+    (*b"BE", 16),
+    (*b"BG", 22),
+    (*b"BH", 22),
+    (*b"BR", 29),
+    (*b"CH", 21),
+    (*b"CR", 22),
+    (*b"CY", 28),
+    (*b"CZ", 24),
+    (*b"DE", 22),
+    (*b"DK", 18),
+    (*b"DO", 28),
+    (*b"EE", 20),
+    (*b"EG", 29),
+    (*b"ES", 24),
+    (*b"FI", 18),
+    (*b"FO", 18),
+    (*b"FR", 27),
+    (*b"GB", 22),
+    (*b"GE", 22),
+    (*b"GI", 23),
+    (*b"GL", 18),
+    (*b"GR", 27),
+    (*b"GT", 28),
+    (*b"HR", 21),
+    (*b"HU", 28),
+    (*b"IE", 22),
+    (*b"IL", 23),
+    (*b"IS", 26),
+    (*b"IT", 27),
+    (*b"JO", 30),
+    (*b"KW", 30),
+    (*b"KZ", 20),
+    (*b"LB", 28),
+    (*b"LI", 21),
+    (*b"LT", 20),
+    (*b"LU", 20),
+    (*b"LV", 21),
+    (*b"MC", 27),
+    (*b"MD", 24),
+    (*b"ME", 22),
+    (*b"MK", 19),
+    (*b"MR", 27),
+    (*b"MT", 31),
+    (*b"MU", 30),
+    (*b"NL", 18),
+    (*b"NO", 15),
+    (*b"PK", 24),
+    (*b"PL", 28),
+    (*b"PS", 29),
+    (*b"PT", 25),
+    (*b"QA", 29),
+    (*b"RO", 24),
+    (*b"RS", 22),
+    (*b"SA", 24),
+    (*b"SE", 24),
+    (*b"SI", 19),
+    (*b"SK", 24),
+    (*b"SM", 27),
+    (*b"TN", 24),
+    (*b"TR", 26),
+    (*b"UA", 29),
+    (*b"VG", 24),
+    (*b"XK", 20),
+];
+
+/// [`IBAN_LENGTHS`] by country code, a slot per pair of capitals (0: not
+/// listed): one load, where a `match` on the code compared strings.
+const IBAN_LEN: [u8; 26 * 26] = {
+    let mut t = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < IBAN_LENGTHS.len() {
+        let ([a, b], l) = IBAN_LENGTHS[i];
+        t[(a - b'A') as usize * 26 + (b - b'A') as usize] = l;
+        i += 1;
+    }
+    t
+};
+
+pub(crate) fn iban_len(cc: &[u8]) -> Option<usize> {
+    match *cc {
+        [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
+            let l = IBAN_LEN[usize::from(a - b'A') * 26 + usize::from(b - b'A')];
+            (l != 0).then_some(usize::from(l))
+        }
+        _ => None,
+    }
 }
 
-pub(crate) fn mod97(iban: &str) -> bool {
-    let b = iban.as_bytes();
+pub(crate) fn mod97(b: &[u8]) -> bool {
     if b.len() < 15 || b.len() > 34 || !b.iter().all(u8::is_ascii_alphanumeric) {
         return false;
     }
@@ -680,18 +699,22 @@ pub(crate) fn mod97(iban: &str) -> bool {
 /// IBAN: take as many characters as the country's registered length (the
 /// pattern may have run on into a following capitalised word), check mod-97.
 fn iban(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
-    let m = &text[s..e];
+    let m = text.as_bytes().get(s..e)?;
     let cc = m.get(..2)?;
-    // the first 34 non-space characters and where each ends in `m`
+    // the first 34 non-space characters and where each ends in `m` (a
+    // match is at most 68 bytes: 34 characters, a space before each)
     let mut chars = [0u8; 34];
-    let mut ends = [0usize; 34];
+    let mut ends = [0u16; 34];
     let mut n = 0;
-    for (i, c) in m.bytes().enumerate().filter(|(_, c)| *c != b' ') {
+    for (i, &c) in m.iter().enumerate().take(u16::MAX.into()) {
+        if c == b' ' {
+            continue;
+        }
         if n == 34 {
             break;
         }
         chars[n] = c;
-        ends[n] = i + 1;
+        ends[n] = (i + 1) as u16;
         n += 1;
     }
     let (hi, lo) = match iban_len(cc) {
@@ -702,15 +725,14 @@ fn iban(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
         if n < l {
             continue;
         }
-        let end = ends[l - 1];
+        let end = usize::from(ends[l - 1]);
         // must end on a group boundary
-        if let Some(&nx) = m.as_bytes().get(end) {
+        if let Some(&nx) = m.get(end) {
             if nx != b' ' {
                 continue;
             }
         }
-        let cand = std::str::from_utf8(&chars[..l]).unwrap_or_default();
-        if mod97(cand) && isolated(text, s, s + end) {
+        if mod97(&chars[..l]) && isolated(text, s, s + end) {
             return Some((s, s + end));
         }
     }

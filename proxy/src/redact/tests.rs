@@ -351,8 +351,8 @@ fn luhn_and_mod97() {
     assert!(!detectors::luhn(&[
         4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2
     ]));
-    assert!(detectors::mod97("DE89370400440532013000"));
-    assert!(!detectors::mod97("DE89370400440532013001"));
+    assert!(detectors::mod97(b"DE89370400440532013000"));
+    assert!(!detectors::mod97(b"DE89370400440532013001"));
     assert!(detectors::entropy("aaaa") < 0.1);
 }
 
@@ -826,4 +826,23 @@ fn names_are_interned_once() {
     let c = intern("code_names");
     assert!(!std::ptr::eq(a, c));
     assert_eq!(c, "code_names");
+}
+
+/// The IBAN length table holds every registered length and nothing else.
+#[test]
+fn iban_length_table_by_country() {
+    for (cc, l) in detectors::IBAN_LENGTHS {
+        assert_eq!(detectors::iban_len(cc), Some(usize::from(*l)), "{cc:?}");
+    }
+    let listed = detectors::IBAN_LENGTHS.len();
+    let mut found = 0;
+    for a in b'A'..=b'Z' {
+        for b in b'A'..=b'Z' {
+            found += usize::from(detectors::iban_len(&[a, b]).is_some());
+        }
+    }
+    assert_eq!(found, listed);
+    assert_eq!(detectors::iban_len(b"de"), None);
+    assert_eq!(detectors::iban_len(b"D"), None);
+    assert_eq!(detectors::iban_len(b"D@"), None);
 }
