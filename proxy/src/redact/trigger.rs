@@ -440,26 +440,35 @@ unsafe fn digit_windows_popcnt(text: &str, min_digits: usize, w: &mut Windows) {
 #[inline(always)]
 fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
     let b = text.as_bytes();
-    let masks = &w.masks;
+    // the masks as plain slices, apart from the vectors pushed to: through
+    // `w` each step reloaded them, as a push might have moved them
+    let Windows {
+        masks,
+        starts,
+        digits,
+        digit_shapes,
+        ..
+    } = w;
+    let (digit, starts): (&[u64], &[u64]) = (&masks.digit, starts);
     let mut i = 0usize;
     // every cluster start is the first digit of a run (the walk below
     // resumes past the end of a run or cluster)
-    while let Some(s) = simd::next_set(&w.starts, i) {
+    while let Some(s) = simd::next_set(starts, i) {
         if s >= b.len() {
             break;
         }
         // Four digits with gaps of at most two lie within ten bytes: with
         // fewer there, no detector can start here (most digits in prose).
-        if simd::count(&masks.digit, s, 10) < 4 {
+        if simd::count(digit, s, 10) < 4 {
             // the rest of this run of digits starts a shorter cluster still
-            i = simd::next_clear(&masks.digit, s);
+            i = simd::next_clear(digit, s);
             continue;
         }
         // Seven digits with such gaps lie within 19 bytes. With fewer, only
         // a labelled date can be here (IPv4 off): look for its label before
         // walking the cluster, as the walk below would.
-        if min_digits >= 7 && simd::count(&masks.digit, s, 19) < 7 {
-            let run_end = simd::next_clear(&masks.digit, s).min(b.len());
+        if min_digits >= 7 && simd::count(digit, s, 19) < 7 {
+            let run_end = simd::next_clear(digit, s).min(b.len());
             let joined = run_end < b.len() && joins_next(b, run_end);
             let before = &b[s.saturating_sub(40)..s];
             let len = run_end - s;
@@ -483,7 +492,7 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
         let mut shaper = Shaper::default();
         let mut k = s;
         let e = loop {
-            let gend = simd::next_clear(&masks.digit, k).min(b.len());
+            let gend = simd::next_clear(digit, k).min(b.len());
             shaper.group(b, k, gend - k);
             n += gend - k;
             groups += 1;
@@ -518,7 +527,7 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
             && iban_start(
                 &b[lo..s.min(b.len())],
                 &b[s..e],
-                simd::count(&masks.digit, lo, s - lo) > 0,
+                simd::count(digit, lo, s - lo) > 0,
             );
         // A numeric date follows its label directly; a lone year may end
         // "born on 3 March 1990", so its label is looked for further back.
@@ -556,7 +565,7 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
             // small windows stay separate in dense text
             let ws = expand_left(b, s, if dob { 40 } else { 28 });
             let we = floor_boundary(text, expand_right(b, e, if iban { 40 } else { 8 }));
-            push_shaped(&mut w.digits, &mut w.digit_shapes, (ws, we.max(e)), sh);
+            push_shaped(digits, digit_shapes, (ws, we.max(e)), sh);
         }
         i = e.max(s + 1);
     }
