@@ -514,6 +514,33 @@ fn literal_matchers_start_with_their_rules_literals() {
     assert!(checked >= 20, "{checked}");
 }
 
+/// The built-in token rules' class.
+fn token_class(r: &Redactor) -> &ClassRules {
+    r.classes
+        .iter()
+        .find(|c| c.class == Class::Token)
+        .expect("token class")
+}
+
+/// Strings of at least `len` bytes made of random `pieces` (xorshift from
+/// `seed`, so a failure repeats).
+fn strings_of(
+    pieces: &'static [&'static str],
+    len: usize,
+    mut seed: u64,
+) -> impl FnMut() -> String {
+    move || {
+        let mut s = String::new();
+        while s.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            s.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+        }
+        s
+    }
+}
+
 /// Trying a token matcher only at its literals finds what the search over
 /// the whole window finds, on generated strings full of near-tokens.
 #[test]
@@ -554,25 +581,12 @@ fn token_matchers_at_literals_agree_with_window_search() {
         "Z",
     ];
     let r = Redactor::builtin();
-    let class = r
-        .classes
-        .iter()
-        .find(|c| c.class == Class::Token)
-        .expect("token class");
+    let class = token_class(&r);
     let lits = class.lits.as_ref().expect("token literals");
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut string = strings_of(PIECES, 120, 0x2545_F491_4F6C_DD1D);
     let (mut compared, mut found) = (0, 0);
     for _ in 0..20_000 {
-        let mut s = String::new();
-        while s.len() < 120 {
-            s.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
-        }
+        let s = string();
         let mut at = Vec::new();
         lits.rules_in(s.as_bytes(), &mut at);
         for (k, &i) in class.rules.iter().enumerate() {
@@ -775,25 +789,12 @@ fn token_windows_find_what_the_whole_string_holds() {
         "(",
     ];
     let r = Redactor::builtin();
-    let class = r
-        .classes
-        .iter()
-        .find(|c| c.class == Class::Token)
-        .expect("token class");
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let class = token_class(&r);
+    let mut string = strings_of(PIECES, 160, 0x9E37_79B9_7F4A_7C15);
     let mut win = Windows::default();
     let mut found = 0;
     for _ in 0..20_000 {
-        let mut s = String::new();
-        while s.len() < 160 {
-            s.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
-        }
+        let s = string();
         let key = |h: &Hit| (h.s, h.e, h.meta);
         let mut hits = Vec::new();
         r.scan_text(&s, &mut win, &mut hits);
