@@ -1405,7 +1405,7 @@ impl Scan<'_, '_> {
         // cost ~150 instructions a hit.
         let fits = hits.len() <= 1 << 12
             && self.r.meta.len() <= 1 << 20
-            && hits.iter().all(|h| h.s < 1 << 32);
+            && hits.iter().all(|h| (h.s as u64) < 1 << 32);
         if !fits {
             hits.sort_unstable_by_key(|h| (h.s, h.meta, h.e));
             return sweep(hits, |h, k| h[k], better);
