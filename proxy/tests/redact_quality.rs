@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use airlock::redact::{findings_by_type, Action, Outcome, Redactor, Refusal, ScanRequest};
+use airlock::redact::{findings_by_type, Action, Finding, Outcome, Redactor, Refusal, ScanRequest};
 use proptest::prelude::*;
 
 fn manifest() -> PathBuf {
@@ -40,6 +40,21 @@ fn run(r: &Redactor, body: &[u8]) -> Outcome {
 
 fn out_str(o: &Outcome, input: &[u8]) -> String {
     String::from_utf8(o.body.clone().unwrap_or_else(|| input.to_vec())).unwrap()
+}
+
+/// The types of an outcome's findings, in body order.
+fn kinds(o: &Outcome) -> Vec<&str> {
+    o.findings.iter().map(|f| &*f.kind).collect()
+}
+
+/// The rules of an outcome's findings, in body order.
+fn rules(o: &Outcome) -> Vec<&str> {
+    o.findings.iter().map(|f| &*f.rule).collect()
+}
+
+/// An outcome's findings of one type.
+fn of_kind<'a>(o: &'a Outcome, kind: &str) -> Vec<&'a Finding> {
+    o.findings.iter().filter(|f| f.kind == kind).collect()
 }
 
 /// Decode the raw JSON-string bytes of a finding's span.
@@ -414,11 +429,7 @@ fn evasion_secret_split_across_parts() {
             parts_body(&parts)
         };
         let out = run(&r, &body);
-        let keys: Vec<_> = out
-            .findings
-            .iter()
-            .filter(|f| &*f.kind == "AWS_KEY")
-            .collect();
+        let keys = of_kind(&out, "AWS_KEY");
         assert_eq!(keys.len(), 1, "{parts:?}: {:?}", out.findings);
         // its span runs from the first piece to the last, in the input
         let f = keys[0];
@@ -474,7 +485,7 @@ proptest! {
         let r = Redactor::builtin();
         let body = parts_body(&parts);
         let out = run(&r, &body);
-        let n = out.findings.iter().filter(|f| &*f.kind == kind).count();
+        let n = of_kind(&out, kind).len();
         prop_assert!(n >= 1, "{parts:?}: {:?}", out.findings);
         let s = out_str(&out, &body);
         let joined = joined_parts(&s);
@@ -541,11 +552,7 @@ fn split_private_key_is_masked_in_every_part() {
     );
     assert!(joined.ends_with("thanks"), "{joined}");
     // one key block, one finding (the first part's own match is its start)
-    let keys: Vec<_> = out
-        .findings
-        .iter()
-        .filter(|f| &*f.kind == "PRIVATE_KEY")
-        .collect();
+    let keys = of_kind(&out, "PRIVATE_KEY");
     assert_eq!(keys.len(), 1, "{:?}", out.findings);
 }
 
@@ -701,14 +708,12 @@ fn a_bearer_glued_to_a_long_word_and_the_shortest_slack_token_are_found() {
     // a header pasted as JSON: the word before the token is 25 bytes long
     let body = chat(r#"curl with {"Authorization":"Bearer 9f8e7d6c5b4a39281706f5e4d3c2b1a0"} now"#);
     let out = run(&r, &body);
-    let rules: Vec<&str> = out.findings.iter().map(|f| &*f.rule).collect();
-    assert_eq!(rules, ["bearer.token"]);
+    assert_eq!(rules(&out), ["bearer.token"]);
     assert!(!out_str(&out, &body).contains("9f8e7d6c5b4a3928"));
     // `xox?-` and ten more: 15 bytes, the shortest the pattern takes
     let body = chat("slack xoxb-1a2b3c4d5e here");
     let out = run(&r, &body);
-    let rules: Vec<&str> = out.findings.iter().map(|f| &*f.rule).collect();
-    assert_eq!(rules, ["slack.token"]);
+    assert_eq!(rules(&out), ["slack.token"]);
 }
 
 #[test]
@@ -723,21 +728,18 @@ fn an_ibans_digits_are_the_ibans_alone() {
     q.overrides = Some(&ov);
     let out = r.redact(&q).unwrap();
     assert!(out.blocked.is_none(), "{:?}", out.blocked);
-    let kinds: Vec<&str> = out.findings.iter().map(|f| &*f.kind).collect();
-    assert_eq!(kinds, ["IBAN"]);
+    assert_eq!(kinds(&out), ["IBAN"]);
     // a card right after an IBAN (one window) is still found, and blocks
     let body = chat("IBAN DE89 3704 0044 0532 0130 00 card 4111 1111 1111 1111");
     let mut q = req(&body, Some("application/json"));
     q.overrides = Some(&ov);
     let out = r.redact(&q).unwrap();
-    let kinds: Vec<&str> = out.findings.iter().map(|f| &*f.kind).collect();
-    assert_eq!(kinds, ["IBAN", "CARD"]);
+    assert_eq!(kinds(&out), ["IBAN", "CARD"]);
     assert!(out.blocked.as_deref().unwrap().contains("CARD"));
     // and one before it
     let body = chat("card 4111 1111 1111 1111 IBAN DE89 3704 0044 0532 0130 00");
     let out = run(&r, &body);
-    let kinds: Vec<&str> = out.findings.iter().map(|f| &*f.kind).collect();
-    assert_eq!(kinds, ["CARD", "IBAN"]);
+    assert_eq!(kinds(&out), ["CARD", "IBAN"]);
 }
 
 // ---------------------------------------------------------------- refusals and encodings

@@ -687,7 +687,10 @@ impl Redactor {
                         let found = hits.len();
                         for k in first..=found {
                             // the stretch before the k-th IBAN, then the rest
-                            let to = hits.get(k).filter(|_| k < found).map_or(we, |h| h.s);
+                            let (to, after) = match hits.get(k).filter(|_| k < found) {
+                                Some(h) => (h.s, h.e),
+                                None => (we, we),
+                            };
                             let mut run = want;
                             while run != 0 && from < to {
                                 let j = run.trailing_zeros() as usize;
@@ -696,7 +699,7 @@ impl Redactor {
                                     self.run_rule(i, text, (from, to), win.digit_mask(), hits);
                                 }
                             }
-                            from = hits.get(k).filter(|_| k < found).map_or(we, |h| h.e);
+                            from = after;
                         }
                         continue;
                     }
@@ -1374,70 +1377,53 @@ impl Scan<'_, '_> {
             (a.action.rank(), a.e - a.s, std::cmp::Reverse(a.meta))
                 > (b.action.rank(), b.e - b.s, std::cmp::Reverse(b.meta))
         };
-        // Sweep `hits` in start order, moving the kept ones to the front
-        // (`at(k)` is the k-th by start; `n` never passes `k`).
-        fn sweep(
-            hits: &mut [Hit],
-            at: impl Fn(&[Hit], usize) -> Hit,
-            better: impl Fn(&Hit, &Hit) -> bool,
-        ) -> usize {
-            let mut n = 0usize;
-            for k in 0..hits.len() {
-                let h = at(hits, k);
-                match n.checked_sub(1).map(|l| hits[l]) {
-                    Some(last) if h.s < last.e => {
-                        if better(&h, &last) {
-                            hits[n - 1] = h;
-                        }
-                    }
-                    _ => {
-                        hits[n] = h;
-                        n += 1;
-                    }
-                }
-            }
-            n
-        }
         // Hits of one rule at one start differ only in their end, and the
         // sweep keeps the longest whichever comes first: the end needs no
-        // place in the order. Sorted as one integer each (start, rule,
-        // index) and then gathered: sorting the hits themselves by a key
+        // place in the order. Ordered by one integer each (start, rule,
+        // index), then gathered: sorting the 32-byte hits by a computed key
         // cost ~150 instructions a hit.
         let fits = hits.len() <= 1 << 12
             && self.r.meta.len() <= 1 << 20
             && hits.iter().all(|h| (h.s as u64) < 1 << 32);
-        if !fits {
+        if fits {
+            let mut order = std::mem::take(&mut self.order);
+            order.clear();
+            order.extend(
+                hits.iter()
+                    .enumerate()
+                    .map(|(k, h)| ((h.s as u64) << 32) | ((h.meta as u64) << 12) | k as u64),
+            );
+            order.sort_unstable();
+            let mut sorted = std::mem::take(&mut self.sorted);
+            sorted.clear();
+            sorted.extend(
+                order
+                    .iter()
+                    .filter_map(|&x| hits.get((x & 0xFFF) as usize).copied()),
+            );
+            for (h, s) in hits.iter_mut().zip(&sorted) {
+                *h = *s;
+            }
+            (self.order, self.sorted) = (order, sorted);
+        } else {
             hits.sort_unstable_by_key(|h| (h.s, h.meta, h.e));
-            return sweep(hits, |h, k| h[k], better);
         }
-        let mut order = std::mem::take(&mut self.order);
-        order.clear();
-        order.extend(
-            hits.iter()
-                .enumerate()
-                .map(|(k, h)| ((h.s as u64) << 32) | ((h.meta as u64) << 12) | k as u64),
-        );
-        order.sort_unstable();
-        // the sweep writes over the front of `hits` while reading by index
-        // into it: read from a copy
-        let mut orig = std::mem::take(&mut self.sorted);
-        orig.clear();
-        orig.extend_from_slice(hits);
-        let n = sweep(
-            hits,
-            |_, k| {
-                let i = order.get(k).map_or(0, |&x| (x & 0xFFF) as usize);
-                orig.get(i).copied().unwrap_or(Hit {
-                    s: 0,
-                    e: 0,
-                    meta: 0,
-                    action: Action::Monitor,
-                })
-            },
-            better,
-        );
-        self.order = order;
-        self.sorted = orig;
+        // kept hits are compacted to the front of `hits`
+        let mut n = 0usize;
+        for k in 0..hits.len() {
+            let h = hits[k];
+            match n.checked_sub(1).map(|l| hits[l]) {
+                Some(last) if h.s < last.e => {
+                    if better(&h, &last) {
+                        hits[n - 1] = h;
+                    }
+                }
+                _ => {
+                    hits[n] = h;
+                    n += 1;
+                }
+            }
+        }
         n
     }
 
@@ -1471,8 +1457,7 @@ impl Scan<'_, '_> {
             end: last.1,
         });
         let token = match h.action {
-            Action::Block => return,
-            Action::Monitor => return,
+            Action::Block | Action::Monitor => return,
             Action::Mask => Token::Mask(h.meta),
             Action::Hash => {
                 let (r, app) = (self.r, self.app);
