@@ -382,6 +382,21 @@ fn stops_from(b: &[u8], out: &mut [u64], mut i: usize) {
     }
 }
 
+/// Two masks of the 32 bytes `a` from the start of a digit cluster: the
+/// bytes that are neither digits nor a cluster's separators (` -./()+`),
+/// and the `+`s (see `trigger::quiet`).
+#[inline]
+pub(crate) fn after32(a: &[u8; 32]) -> (u32, u32) {
+    sse2::after32(a)
+}
+
+/// Three masks of the 48 bytes `a` before a digit cluster: capitals,
+/// `b`/`B` and `s`/`S` (see `trigger::quiet`).
+#[inline]
+pub(crate) fn before48(a: &[u8; 48]) -> [u64; 3] {
+    sse2::before48(a)
+}
+
 /// Whether `run` is made only of lowercase hex digits, `-` and `.`, with at
 /// least one letter: a UUID, git SHA or hash, which no token format is.
 pub(crate) fn hexish(run: &[u8]) -> bool {
@@ -546,6 +561,59 @@ mod sse2 {
     pub(super) fn digit_token64(a: &[u8; 64]) -> (u64, u64) {
         // SAFETY: as above.
         unsafe { digit_token64_sse2(a) }
+    }
+
+    /// Digits and a cluster's separators (` -./()+`): 2D–39, 28–29, 2B, 20.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn cluster_byte(x: __m128i) -> __m128i {
+        _mm_or_si128(
+            _mm_or_si128(in_range(x, 0x2D, 12), in_range(x, 0x28, 1)),
+            _mm_or_si128(eq(x, b'+'), eq(x, b' ')),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn after32_sse2(a: &[u8; 32]) -> (u32, u32) {
+        // SAFETY: `a` has 32 readable bytes.
+        let (x, y) = unsafe {
+            (
+                _mm_loadu_si128(a.as_ptr().cast()),
+                _mm_loadu_si128(a.as_ptr().add(16).cast()),
+            )
+        };
+        let other = !(bits(cluster_byte(x)) | bits(cluster_byte(y)) << 16);
+        let plus = bits(eq(x, b'+')) | bits(eq(y, b'+')) << 16;
+        (other, plus)
+    }
+
+    #[inline]
+    pub(super) fn after32(a: &[u8; 32]) -> (u32, u32) {
+        // SAFETY: as above.
+        unsafe { after32_sse2(a) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn before48_sse2(a: &[u8; 48]) -> [u64; 3] {
+        let mut m = [0u64; 3];
+        for q in 0..3 {
+            // SAFETY: `a` has 48 readable bytes; 16 * q + 16 <= 48.
+            let x = unsafe { _mm_loadu_si128(a.as_ptr().add(16 * q).cast()) };
+            let low = _mm_or_si128(x, _mm_set1_epi8(0x20));
+            let at = 16 * q;
+            m[0] |= u64::from(bits(in_range(x, b'A', 25))) << at;
+            m[1] |= u64::from(bits(eq(low, b'b'))) << at;
+            m[2] |= u64::from(bits(eq(low, b's'))) << at;
+        }
+        m
+    }
+
+    #[inline]
+    pub(super) fn before48(a: &[u8; 48]) -> [u64; 3] {
+        // SAFETY: as above.
+        unsafe { before48_sse2(a) }
     }
 }
 
@@ -801,6 +869,26 @@ mod sse2 {
         }
         (d, t)
     }
+
+    pub(super) fn after32(a: &[u8; 32]) -> (u32, u32) {
+        let (mut other, mut plus) = (0u32, 0u32);
+        for (i, &c) in a.iter().enumerate() {
+            let cluster = c.is_ascii_digit() || b" -./()+".contains(&c);
+            other |= u32::from(!cluster) << i;
+            plus |= u32::from(c == b'+') << i;
+        }
+        (other, plus)
+    }
+
+    pub(super) fn before48(a: &[u8; 48]) -> [u64; 3] {
+        let mut m = [0u64; 3];
+        for (i, &c) in a.iter().enumerate() {
+            m[0] |= u64::from(c.is_ascii_uppercase()) << i;
+            m[1] |= u64::from(c.eq_ignore_ascii_case(&b'b')) << i;
+            m[2] |= u64::from(c.eq_ignore_ascii_case(&b's')) << i;
+        }
+        m
+    }
 }
 
 #[cfg(test)]
@@ -809,6 +897,28 @@ mod tests {
 
     fn token(c: u8) -> bool {
         c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/' | b'+' | b'=' | b'~')
+    }
+
+    #[test]
+    fn cluster_context_masks_agree_with_per_byte_classes() {
+        // every byte value at every position of the 32 and 48 bytes
+        for c in 0..=255u8 {
+            for at in 0..48 {
+                let mut a = [b'x'; 48];
+                a[at] = c;
+                let [upper, bb, ss] = before48(&a);
+                let bit = |m: u64| m >> at & 1 == 1;
+                assert_eq!(bit(upper), c.is_ascii_uppercase(), "{c} at {at}");
+                assert_eq!(bit(bb), c == b'b' || c == b'B', "{c} at {at}");
+                assert_eq!(bit(ss), c == b's' || c == b'S', "{c} at {at}");
+                if let Some(a) = a.first_chunk::<32>().filter(|_| at < 32) {
+                    let (other, plus) = after32(a);
+                    let cluster = c.is_ascii_digit() || b" -./()+".contains(&c);
+                    assert_eq!(other >> at & 1 == 0, cluster, "{c} at {at}");
+                    assert_eq!(plus >> at & 1 == 1, c == b'+', "{c} at {at}");
+                }
+            }
+        }
     }
 
     #[test]

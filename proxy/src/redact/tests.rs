@@ -612,6 +612,138 @@ fn token_matchers_at_literals_agree_with_window_search() {
     assert!(compared > 100_000 && found > 1_000, "{compared} {found}");
 }
 
+/// The digit pass taken a mask word at a time, with short clusters ruled
+/// out on the bytes before them, opens the windows (and shapes) the pass
+/// that walks every cluster opens, on strings full of digit groups,
+/// separators, capitals, `+` and birth-date labels, across mask words.
+#[test]
+fn digit_windows_by_words_agree_with_by_runs() {
+    const PIECES: &[&str] = &[
+        "0",
+        "7",
+        "12",
+        "123",
+        "1234",
+        "55555",
+        "123456",
+        "4111",
+        "19",
+        "1990",
+        "2024",
+        "0044",
+        "1234567",
+        "12345678",
+        "123456789",
+        "4111111111111111",
+        " ",
+        " ",
+        " ",
+        "-",
+        ".",
+        "/",
+        "(",
+        ")",
+        "+",
+        "+44 ",
+        "(+1) ",
+        "  ",
+        ") ",
+        " (",
+        "--",
+        ",",
+        ":",
+        "born ",
+        "Born on ",
+        "DOB: ",
+        "d.o.b. ",
+        "birth date: ",
+        "naissance ",
+        "Geburtsdatum ",
+        "the ",
+        "and ",
+        "because ",
+        "x",
+        "DE",
+        "GB82 ",
+        "AB12",
+        "Q",
+        "é",
+        "ms",
+        "v",
+        "\n",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "2024-03-15",
+        "12/05/1988",
+        "(415) 555-2671",
+        "123-45-6789",
+        "1 ",
+        "2) ",
+        "3.",
+        "4 (",
+        "+5",
+        "+(",
+        "+ ",
+        "1 (2 (3 (4 (5 (",
+    ];
+    // and the edges of what rules a short cluster out, by hand: a `+` at
+    // its far end or two bytes before it, capitals 12 bytes before, a
+    // label 40 bytes before, a cluster across two mask words, what comes
+    // after it
+    let edges = [
+        "the 1 (2 (3 (4 (5 (7+5 y".to_string(),
+        "the 1 (2 (3 (4 (5 (7 (8+5 y".to_string(),
+        "call +(0) 12-3456 now".to_string(),
+        "AB then x 1234-5678 end".to_string(),
+        "born on the 1st, we said, and then 2024-03-15 12".to_string(),
+        format!("{}2024-03-15 +1 x", "y".repeat(58)),
+        // no other byte in the 24 after a short cluster: the SSN 24 bytes on
+        // is still looked at
+        format!(
+            "{}1234567{} 123-45-6789 y",
+            "ab ".repeat(20),
+            " .".repeat(8)
+        ),
+        format!("{}1 . 234567+8 x", "ab ".repeat(20)),
+    ];
+    let mut string = strings_of(PIECES, 200, 0x9E37_79B9_7F4A_7C15);
+    let mut w = trigger::Windows::default();
+    let mut seen = 0u16;
+    let mut windows = 0usize;
+    for k in 0..20_000 {
+        let s = edges.get(k).cloned().unwrap_or_else(&mut string);
+        trigger::find(&s, 7, false, &mut w);
+        let want = trigger::digit_windows_by_runs(&s, &w);
+        assert_eq!((w.digits.clone(), w.digit_shapes.clone()), want, "{s:?}");
+        windows += w.digits.len();
+        seen |= w.digit_shapes.iter().fold(0, |a, &b| a | b);
+    }
+    // every shape but IPv4's came up, and often
+    assert_eq!(seen, (1 << 8) - 1, "{seen:#b}");
+    assert!(windows > 40_000, "{windows}");
+}
+
+/// The label search around the `b`s finds a birth-date label exactly
+/// where a plain search for each label (any case) does.
+#[test]
+fn dob_label_finds_what_a_plain_search_finds() {
+    const PIECES: &[&str] = &[
+        "b", "B", "o", "O", "d", "D", ".", "irth", "IRTH", "rn", "ge", "GE", "urt", "n",
+        "aissance", "AISSANCE", "nai", "ssance", " ", "x", "do", "d.o.", "bor", "bi",
+    ];
+    let mut string = strings_of(PIECES, 12, 0xD1B5_4A32_D192_ED03);
+    let mut found = 0;
+    for _ in 0..50_000 {
+        let s = string();
+        let b = s.as_bytes();
+        let plain = trigger::LABELS
+            .iter()
+            .any(|l| b.windows(l.len()).any(|w| w.eq_ignore_ascii_case(l)));
+        assert_eq!(trigger::dob_label(b), plain, "{s:?}");
+        found += usize::from(plain);
+    }
+    assert!(found > 5_000, "{found}");
+}
+
 /// The scan buffers stay with the thread for its next request, except
 /// after a body over `SCRATCH_KEEP`, whose buffers would hold that memory.
 #[test]

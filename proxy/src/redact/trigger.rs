@@ -439,7 +439,6 @@ unsafe fn digit_windows_popcnt(text: &str, min_digits: usize, w: &mut Windows) {
 
 #[inline(always)]
 fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
-    let b = text.as_bytes();
     // the masks as plain slices, apart from the vectors pushed to: through
     // `w` each step reloaded them, as a push might have moved them
     let Windows {
@@ -449,7 +448,29 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
         digit_shapes,
         ..
     } = w;
-    let (digit, starts): (&[u64], &[u64]) = (&masks.digit, starts);
+    let mut out = Shaped {
+        windows: digits,
+        shapes: digit_shapes,
+    };
+    if min_digits >= 7 {
+        by_words(text, &masks.digit, starts, &mut out);
+    } else {
+        by_runs(text, min_digits, &masks.digit, starts, &mut out);
+    }
+}
+
+/// The digit windows and their shapes, as pushed to.
+struct Shaped<'a> {
+    windows: &'a mut Vec<(usize, usize)>,
+    shapes: &'a mut Vec<u16>,
+}
+
+/// The digit pass one run of digits at a time: each run start is found,
+/// counted and decided on its own. Used with IPv4 on (clusters of four
+/// digits matter), and in tests as what [`by_words`] must agree with.
+#[inline(always)]
+fn by_runs(text: &str, min_digits: usize, digit: &[u64], starts: &[u64], out: &mut Shaped<'_>) {
+    let b = text.as_bytes();
     let mut i = 0usize;
     // every cluster start is the first digit of a run (the walk below
     // resumes past the end of a run or cluster)
@@ -469,106 +490,243 @@ fn digit_windows_in(text: &str, min_digits: usize, w: &mut Windows) {
         // walking the cluster, as the walk below would.
         if min_digits >= 7 && simd::count(digit, s, 19) < 7 {
             let run_end = simd::next_clear(digit, s).min(b.len());
-            let joined = run_end < b.len() && joins_next(b, run_end);
-            let before = &b[s.saturating_sub(40)..s];
-            let len = run_end - s;
-            // alone, a run is a date only as a year or as six digits
-            let label = if joined {
-                dob_label_adjacent(before)
-            } else if len == 4 {
-                matches!(&b[s..s + 2], b"18" | b"19" | b"20") && dob_label(before)
-            } else {
-                len == 6 && dob_label_adjacent(before)
-            };
-            if !label {
+            if !lone_date(b, s, run_end) {
                 i = run_end;
                 continue;
             }
         }
-        // Walk the cluster a group of digits at a time (its end from the
-        // mask), then the one or two separator bytes to the next group.
-        let mut n = 0usize;
-        let mut groups = 0usize;
-        let mut shaper = Shaper::default();
-        let mut k = s;
-        let e = loop {
-            let gend = simd::next_clear(digit, k).min(b.len());
-            shaper.group(b, k, gend - k);
-            n += gend - k;
-            groups += 1;
-            if gend >= b.len() || !joins_next(b, gend) {
-                break gend;
-            }
-            shaper.separator(b, gend);
-            k = gend + 1;
-            if !b[k].is_ascii_digit() {
-                // a second separator byte (`) ` in `(415) 555`)
-                shaper.separator(b, k);
-                k += 1;
-            }
-        };
-        let mut sh = shaper.sh;
-        // Which digit detectors could match here? SSNs need 9 digits,
-        // national phones 9–10, cards 13; an international phone 8 after a
-        // `+`; an IBAN starts with two capitals and two digits; a date of
-        // birth needs its label. ISO dates, times and amounts open nothing.
-        let plus = s > 0 && (b[s - 1] == b'+' || (b[s - 1] == b'(' && s > 1 && b[s - 2] == b'+'));
-        // glued to letters: a slice of an identifier (UUID, hash, SKU)
-        if n < 4 {
-            i = e.max(s + 1);
-            continue;
-        }
-        let single = groups == 1;
-        let glued = single
-            && ((s > 0 && b[s - 1].is_ascii_alphabetic())
-                || b.get(e).is_some_and(u8::is_ascii_alphabetic));
-        let lo = s.saturating_sub(12);
-        let iban = n >= 7
-            && iban_start(
-                &b[lo..s.min(b.len())],
-                &b[s..e],
-                simd::count(digit, lo, s - lo) > 0,
-            );
-        // A numeric date follows its label directly; a lone year may end
-        // "born on 3 March 1990", so its label is looked for further back.
-        let dob = n <= 8
-            && (date_like(&b[s..e], n) || n >= 6)
-            && if e - s == 4 {
-                dob_label(&b[s.saturating_sub(40)..s])
-            } else {
-                dob_label_adjacent(&b[s.saturating_sub(40)..s])
-            };
-        if plus && n >= 7 {
-            sh |= shape::E164;
-        } else if n < 7 {
-            sh &= !shape::E164;
-        }
-        if n < 9 {
-            sh &= !shape::NATIONAL;
-        }
-        if iban {
-            sh |= shape::IBAN;
-        }
-        if dob {
-            sh |= shape::DOB;
-        }
-        if n >= min_digits && min_digits < 7 {
-            sh |= shape::IPV4;
-        }
-        // a single run of digits glued to letters is a slice of an identifier
-        if glued {
-            sh &= shape::IBAN | shape::DOB | shape::IPV4 | shape::E164;
-        }
-        if sh != 0 {
-            // context the patterns need: a label before ("social security
-            // number: ", "date of birth: "), an IBAN's letter groups after;
-            // small windows stay separate in dense text
-            let ws = expand_left(b, s, if dob { 40 } else { 28 });
-            let we = floor_boundary(text, expand_right(b, e, if iban { 40 } else { 8 }));
-            push_shaped(digits, digit_shapes, (ws, we.max(e)), sh);
-        }
-        i = e.max(s + 1);
+        i = cluster(text, min_digits, digit, s, out);
     }
+}
+
+/// The digit pass a mask word at a time (IPv4 off): the run starts of a
+/// word come from its masks, and each is ruled out on counts taken from
+/// the two words in registers; a cluster too short for any rule but the
+/// three that need something before it (a `+`, a capital, a label) is
+/// ruled out on those bytes instead of walked. Finds the windows
+/// [`by_runs`] finds (a test compares them), with a fraction of the work
+/// on prose full of dates and version numbers.
+#[inline(always)]
+fn by_words(text: &str, digit: &[u64], starts: &[u64], out: &mut Shaped<'_>) {
+    let b = text.as_bytes();
+    let mut i = 0usize;
+    'words: while let Some(&st) = starts.get(i / 64) {
+        let k = i / 64;
+        let d0 = digit.get(k).copied().unwrap_or(0);
+        let carry = k
+            .checked_sub(1)
+            .and_then(|j| digit.get(j))
+            .map_or(0, |w| w >> 63);
+        // first digits of runs, from `i` on
+        let mut rs = st & !(d0 << 1 | carry) & (!0u64 << (i % 64));
+        let dd = u128::from(digit.get(k + 1).copied().unwrap_or(0)) << 64 | u128::from(d0);
+        while rs != 0 {
+            let bit = rs.trailing_zeros();
+            rs &= rs - 1;
+            let s = k * 64 + bit as usize;
+            if s >= b.len() {
+                return;
+            }
+            // the digit mask from `s` on, 64 bytes of it
+            let from = (dd >> bit) as u64;
+            // as in `by_runs`: four digits within ten bytes, seven in 19
+            if (from & 0x3FF).count_ones() < 4 {
+                continue;
+            }
+            let e = if (from & 0x7_FFFF).count_ones() < 7 {
+                let run_end = (s + (!from).trailing_zeros() as usize).min(b.len());
+                if !lone_date(b, s, run_end) {
+                    continue;
+                }
+                cluster(text, 7, digit, s, out)
+            } else {
+                match quiet(b, s, from) {
+                    // nothing from here to `q` opens a window
+                    Some(q) => q,
+                    None => cluster(text, 7, digit, s, out),
+                }
+            };
+            if e >= (k + 1) * 64 {
+                i = e;
+                continue 'words;
+            }
+            rs &= !0u64 << (e % 64);
+        }
+        i = (k + 1) * 64;
+    }
+}
+
+/// The digit windows and shapes of the string last passed to [`find`]
+/// (IPv4 off), found again by [`by_runs`]: what [`by_words`] must find.
+#[cfg(test)]
+pub(crate) fn digit_windows_by_runs(text: &str, w: &Windows) -> (Vec<(usize, usize)>, Vec<u16>) {
+    let (mut windows, mut shapes) = (Vec::new(), Vec::new());
+    let mut out = Shaped {
+        windows: &mut windows,
+        shapes: &mut shapes,
+    };
+    by_runs(text, 7, &w.masks.digit, &w.starts, &mut out);
+    (windows, shapes)
+}
+
+/// Whether the run of digits `s..run_end`, in a cluster of fewer than
+/// seven digits, may be a date after its birth-date label.
+#[inline(always)]
+fn lone_date(b: &[u8], s: usize, run_end: usize) -> bool {
+    let joined = run_end < b.len() && joins_next(b, run_end);
+    let before = &b[s.saturating_sub(40)..s];
+    let len = run_end - s;
+    // alone, a run is a date only as a year or as six digits
+    if joined {
+        dob_label_adjacent(before)
+    } else if len == 4 {
+        matches!(&b[s..s + 2], b"18" | b"19" | b"20") && dob_label(before)
+    } else {
+        len == 6 && dob_label_adjacent(before)
+    }
+}
+
+/// Whether the cluster from `s` (`from`: the digit mask from there) has at
+/// most eight digits and opens no window (IPv4 off), nor does any cluster
+/// starting inside it: then where the next cluster that may open one can
+/// start, past them all.
+///
+/// Nine digits with gaps of at most two lie within 25 bytes, and before
+/// the first byte that is neither a digit nor a separator: with fewer
+/// there, the cluster has at most eight. At that length only three digit
+/// rules can match, and each needs something before the digits: a `+`
+/// (an international phone; the cluster spans at most 22 bytes), two
+/// capitals in the 12 bytes before (an IBAN's country code), or a
+/// birth-date label in the 40 before. A cluster starting inside it has
+/// fewer digits, and what is before it is the cluster's bytes or within
+/// those ranges; when that first other byte is within 24 bytes, so is
+/// every cluster starting before it, which all are skipped.
+#[inline(always)]
+fn quiet(b: &[u8], s: usize, from: u64) -> Option<usize> {
+    // the 48 bytes before the cluster and 32 from it, when there are
+    let (Some(before), Some(after)) = (
+        s.checked_sub(48)
+            .and_then(|lo| b.get(lo..s))
+            .and_then(|c| <&[u8; 48]>::try_from(c).ok()),
+        b.get(s..s + 32).and_then(|c| <&[u8; 32]>::try_from(c).ok()),
+    ) else {
+        let near = &b[s.saturating_sub(2)..(s + 22).min(b.len())];
+        let caps = &b[s.saturating_sub(12)..s];
+        let no = (from & 0x1FF_FFFF).count_ones() < 9
+            && !near.contains(&b'+')
+            && !caps.iter().any(u8::is_ascii_uppercase)
+            && !dob_label(&b[s.saturating_sub(40)..s]);
+        return no.then_some(s + 1);
+    };
+    let (other, plus) = simd::after32(after);
+    let reach = other.trailing_zeros().min(25);
+    if (from & ((1u64 << reach) - 1)).count_ones() >= 9
+        || plus & ((1 << 24) - 1) != 0
+        || before[46] == b'+'
+        || before[47] == b'+'
+    {
+        return None;
+    }
+    // bit 48 is `s`
+    let [upper, lb, ls] = simd::before48(before);
+    let label = !0u64 << 8;
+    let no = upper >> 36 == 0
+        && !dob_label_in(&before[8..], (lb & label) >> 8, (ls & ls >> 1 & label) >> 8);
+    no.then_some(if reach < 25 {
+        s + reach as usize
+    } else {
+        s + 1
+    })
+}
+
+/// Walk the cluster starting at `s`, a group of digits at a time, push a
+/// window if its shape fits a digit rule, and return where the next
+/// cluster may start.
+#[inline(always)]
+fn cluster(text: &str, min_digits: usize, digit: &[u64], s: usize, out: &mut Shaped<'_>) -> usize {
+    let b = text.as_bytes();
+    // Walk the cluster a group of digits at a time (its end from the
+    // mask), then the one or two separator bytes to the next group.
+    let mut n = 0usize;
+    let mut groups = 0usize;
+    let mut shaper = Shaper::default();
+    let mut k = s;
+    let e = loop {
+        let gend = simd::next_clear(digit, k).min(b.len());
+        shaper.group(b, k, gend - k);
+        n += gend - k;
+        groups += 1;
+        if gend >= b.len() || !joins_next(b, gend) {
+            break gend;
+        }
+        shaper.separator(b, gend);
+        k = gend + 1;
+        if !b[k].is_ascii_digit() {
+            // a second separator byte (`) ` in `(415) 555`)
+            shaper.separator(b, k);
+            k += 1;
+        }
+    };
+    let mut sh = shaper.sh;
+    // Which digit detectors could match here? SSNs need 9 digits,
+    // national phones 9–10, cards 13; an international phone 8 after a
+    // `+`; an IBAN starts with two capitals and two digits; a date of
+    // birth needs its label. ISO dates, times and amounts open nothing.
+    let plus = s > 0 && (b[s - 1] == b'+' || (b[s - 1] == b'(' && s > 1 && b[s - 2] == b'+'));
+    if n < 4 {
+        return e.max(s + 1);
+    }
+    let single = groups == 1;
+    // glued to letters: a slice of an identifier (UUID, hash, SKU)
+    let glued = single
+        && ((s > 0 && b[s - 1].is_ascii_alphabetic())
+            || b.get(e).is_some_and(u8::is_ascii_alphabetic));
+    let lo = s.saturating_sub(12);
+    let iban = n >= 7
+        && iban_start(
+            &b[lo..s.min(b.len())],
+            &b[s..e],
+            simd::count(digit, lo, s - lo) > 0,
+        );
+    // A numeric date follows its label directly; a lone year may end
+    // "born on 3 March 1990", so its label is looked for further back.
+    let dob = n <= 8
+        && (date_like(&b[s..e], n) || n >= 6)
+        && if e - s == 4 {
+            dob_label(&b[s.saturating_sub(40)..s])
+        } else {
+            dob_label_adjacent(&b[s.saturating_sub(40)..s])
+        };
+    if plus && n >= 7 {
+        sh |= shape::E164;
+    } else if n < 7 {
+        sh &= !shape::E164;
+    }
+    if n < 9 {
+        sh &= !shape::NATIONAL;
+    }
+    if iban {
+        sh |= shape::IBAN;
+    }
+    if dob {
+        sh |= shape::DOB;
+    }
+    if n >= min_digits && min_digits < 7 {
+        sh |= shape::IPV4;
+    }
+    // a single run of digits glued to letters is a slice of an identifier
+    if glued {
+        sh &= shape::IBAN | shape::DOB | shape::IPV4 | shape::E164;
+    }
+    if sh != 0 {
+        // context the patterns need: a label before ("social security
+        // number: ", "date of birth: "), an IBAN's letter groups after;
+        // small windows stay separate in dense text
+        let ws = expand_left(b, s, if dob { 40 } else { 28 });
+        let we = floor_boundary(text, expand_right(b, e, if iban { 40 } else { 8 }));
+        push_shaped(out.windows, out.shapes, (ws, we.max(e)), sh);
+    }
+    e.max(s + 1)
 }
 
 /// Two capitals followed by two digits just before or at the start of a
@@ -604,27 +762,54 @@ fn date_like(c: &[u8], n: usize) -> bool {
     (4..=6).contains(&n) && c.iter().filter(|x| !x.is_ascii_digit()).count() == 2
 }
 
-/// Whether a date-of-birth label is in `before` (the bytes ahead of a date).
-fn dob_label(before: &[u8]) -> bool {
-    const LABELS: &[&[u8]] = &[b"dob", b"d.o.b", b"birth", b"born", b"naissance", b"geburt"];
-    // every label but "naissance" has a `b`: rule most text out with memchr
-    if memchr::memchr2(b'b', b'B', before).is_none()
-        && !memchr::memchr2_iter(b'n', b'N', before).any(|k| {
-            before
-                .get(k..k + 9)
-                .is_some_and(|x| x.eq_ignore_ascii_case(b"naissance"))
-        })
-    {
-        return false;
+/// The labels [`dob_label`] looks for anywhere before a date (as a list:
+/// what its test compares it with).
+#[cfg(test)]
+pub(crate) const LABELS: &[&[u8]] = &[b"dob", b"d.o.b", b"birth", b"born", b"naissance", b"geburt"];
+
+/// Whether a date-of-birth label ("dob", "d.o.b", "birth", "born",
+/// "naissance" or "geburt", any case) is in `before` (the
+/// bytes ahead of a date: callers pass 40; of a longer slice, the last 48
+/// are looked at).
+pub(crate) fn dob_label(before: &[u8]) -> bool {
+    let tail = &before[before.len().saturating_sub(48)..];
+    let mut a = [0u8; 48];
+    a[..tail.len()].copy_from_slice(tail);
+    let [_, b, s] = simd::before48(&a);
+    dob_label_in(tail, b, s & s >> 1)
+}
+
+/// [`dob_label`] given where `before` has a `b` or `B` (bit `i` for byte
+/// `i`) and where a doubled `s` starts (any case): every label but
+/// "naissance" has a `b`, so labels are compared only around those, and
+/// "naissance" only at its "ss". Bits past `before` are ignored.
+#[inline]
+fn dob_label_in(before: &[u8], mut b: u64, mut ss: u64) -> bool {
+    let at = |k: usize, l: &[u8]| {
+        before
+            .get(k..k + l.len())
+            .is_some_and(|x| x.eq_ignore_ascii_case(l))
+    };
+    while b != 0 {
+        let k = b.trailing_zeros() as usize;
+        b &= b - 1;
+        if at(k, b"birth")
+            || at(k, b"born")
+            || k.checked_sub(2)
+                .is_some_and(|d| at(d, b"dob") || at(d, b"geburt"))
+            || k.checked_sub(4).is_some_and(|d| at(d, b"d.o.b"))
+        {
+            return true;
+        }
     }
-    before.iter().enumerate().any(|(k, &c)| {
-        matches!(c | 0x20, b'b' | b'd' | b'n' | b'g')
-            && LABELS.iter().any(|l| {
-                before
-                    .get(k..k + l.len())
-                    .is_some_and(|x| x.eq_ignore_ascii_case(l))
-            })
-    })
+    while ss != 0 {
+        let k = ss.trailing_zeros() as usize;
+        ss &= ss - 1;
+        if k.checked_sub(3).is_some_and(|d| at(d, b"naissance")) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether `before` ends with a date-of-birth label, past the spaces, tabs
