@@ -510,15 +510,27 @@ fn by_runs(text: &str, min_digits: usize, digit: &[u64], starts: &[u64], out: &m
 fn by_words(text: &str, digit: &[u64], starts: &[u64], out: &mut Shaped<'_>) {
     let b = text.as_bytes();
     let mut i = 0usize;
-    'words: while let Some(&st) = starts.get(i / 64) {
-        let k = i / 64;
+    'words: loop {
+        // the next word with a digit that may start a cluster, from `i` on
+        // (past the words without: all of plain prose)
+        let mut k = i / 64;
+        let Some(mut st) = starts.get(k).map(|&w| w & (!0u64 << (i % 64))) else {
+            return;
+        };
+        while st == 0 {
+            k += 1;
+            let Some(&w) = starts.get(k) else {
+                return;
+            };
+            st = w;
+        }
         let d0 = digit.get(k).copied().unwrap_or(0);
         let carry = k
             .checked_sub(1)
             .and_then(|j| digit.get(j))
             .map_or(0, |w| w >> 63);
-        // first digits of runs, from `i` on
-        let mut rs = st & !(d0 << 1 | carry) & (!0u64 << (i % 64));
+        // first digits of runs
+        let mut rs = st & !(d0 << 1 | carry);
         let dd = u128::from(digit.get(k + 1).copied().unwrap_or(0)) << 64 | u128::from(d0);
         while rs != 0 {
             let bit = rs.trailing_zeros();
