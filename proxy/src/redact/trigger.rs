@@ -615,20 +615,26 @@ fn lone_date(b: &[u8], s: usize, run_end: usize) -> bool {
 /// every cluster starting before it, which all are skipped.
 #[inline(always)]
 fn quiet(b: &[u8], s: usize, from: u64) -> Option<usize> {
-    // the 48 bytes before the cluster and 32 from it, when there are
-    let (Some(before), Some(after)) = (
-        s.checked_sub(48)
-            .and_then(|lo| b.get(lo..s))
-            .and_then(|c| <&[u8; 48]>::try_from(c).ok()),
-        b.get(s..s + 32).and_then(|c| <&[u8; 32]>::try_from(c).ok()),
-    ) else {
-        let near = &b[s.saturating_sub(2)..(s + 22).min(b.len())];
-        let caps = &b[s.saturating_sub(12)..s];
-        let no = (from & 0x1FF_FFFF).count_ones() < 9
-            && !near.contains(&b'+')
-            && !caps.iter().any(u8::is_ascii_uppercase)
-            && !dob_label(&b[s.saturating_sub(40)..s]);
-        return no.then_some(s + 1);
+    // the 48 bytes before the cluster and 32 from it; near the string's
+    // ends, copies padded with zeros (in no class but "other", which ends
+    // a cluster where the string does)
+    let (mut pad_before, mut pad_after) = ([0u8; 48], [0u8; 32]);
+    let whole = s.checked_sub(48).and_then(|lo| b.get(lo..s));
+    let before: &[u8; 48] = match whole.and_then(|c| c.try_into().ok()) {
+        Some(a) => a,
+        None => {
+            let c = &b[s.saturating_sub(48)..s];
+            pad_before[48 - c.len()..].copy_from_slice(c);
+            &pad_before
+        }
+    };
+    let after: &[u8; 32] = match b.get(s..s + 32).and_then(|c| c.try_into().ok()) {
+        Some(a) => a,
+        None => {
+            let c = &b[s..];
+            pad_after[..c.len()].copy_from_slice(c);
+            &pad_after
+        }
     };
     let (other, plus) = simd::after32(after);
     let reach = other.trailing_zeros().min(25);
