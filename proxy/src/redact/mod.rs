@@ -692,7 +692,12 @@ impl Redactor {
                                 None => (we, we),
                             };
                             let mut run = want;
-                            while run != 0 && from < to {
+                            // a digit rule needs digits: most stretches
+                            // around an IBAN are prose
+                            if !simd::next_set(win.digit_mask(), from).is_some_and(|d| d < to) {
+                                run = 0;
+                            }
+                            while run != 0 {
                                 let j = run.trailing_zeros() as usize;
                                 run &= run - 1;
                                 if let Some(&i) = c.rules.get(j) {

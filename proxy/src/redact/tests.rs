@@ -343,6 +343,46 @@ fn dob_label_by_last_byte_agrees_with_every_label() {
     assert!(found > 100, "{found}");
 }
 
+/// The card validator's running Luhn sums answer what a Luhn pass per
+/// candidate answers, over every span of generated strings of cards
+/// (valid and one digit off), digit groups and separators.
+#[test]
+fn card_validator_agrees_with_a_luhn_pass_per_candidate() {
+    const PIECES: &[&str] = &[
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "5555-5555-5555-4444",
+        "378282246310005",
+        "6011111111111117",
+        "3530111333300000",
+        "4012888888881881",
+        "2221000000000009",
+        "4111111111111112",
+        "4222222222222",
+        "6",
+        "35",
+        "1234",
+        "0",
+        " ",
+        " ",
+        "-",
+        "x",
+    ];
+    let mut next = strings_of(PIECES, 44, 0x5eed_ca4d);
+    let mut found = 0;
+    for _ in 0..1500 {
+        let t = next();
+        for s in 0..t.len() {
+            for e in s + 1..=t.len() {
+                let want = detectors::card_by_luhn(&t, s, e);
+                assert_eq!(detectors::card(&t, s, e), want, "{t:?} {s}..{e}");
+                found += usize::from(want.is_some());
+            }
+        }
+    }
+    assert!(found > 10_000, "{found}");
+}
+
 #[test]
 fn luhn_and_mod97() {
     assert!(detectors::luhn(&[
@@ -806,6 +846,49 @@ fn digit_windows_run_the_rules_their_shape_needs() {
             }
         }
     }
+}
+
+/// The fewest ASCII digits any match of `h` holds (a class counts only
+/// when it has nothing but digits: a lower bound).
+fn min_digits(h: &regex_syntax::hir::Hir) -> usize {
+    use regex_syntax::hir::{Class as C, HirKind as K};
+    match h.kind() {
+        K::Empty | K::Look(_) => 0,
+        K::Literal(l) => l.0.iter().filter(|c| c.is_ascii_digit()).count(),
+        K::Class(C::Bytes(c)) => usize::from(
+            c.ranges()
+                .iter()
+                .all(|r| r.start() >= b'0' && r.end() <= b'9'),
+        ),
+        K::Class(C::Unicode(c)) => usize::from(
+            c.ranges()
+                .iter()
+                .all(|r| r.start() >= '0' && r.end() <= '9'),
+        ),
+        K::Repetition(r) => r.min as usize * min_digits(&r.sub),
+        K::Capture(c) => min_digits(&c.sub),
+        K::Concat(v) => v.iter().map(min_digits).sum(),
+        K::Alternation(v) => v.iter().map(min_digits).min().unwrap_or(0),
+    }
+}
+
+/// The digit rules are skipped on a stretch beside an IBAN that holds no
+/// digit: every pattern of the digit class needs one.
+#[test]
+fn every_digit_rule_needs_a_digit() {
+    let mut seen = 0;
+    for b in detectors::builtins() {
+        if detectors::class_of(b.detector) != Class::Digits {
+            continue;
+        }
+        let h = regex_syntax::parse(b.pattern).unwrap();
+        assert!(min_digits(&h) >= 1, "{} matches without a digit", b.rule);
+        seen += 1;
+    }
+    assert!(seen >= 8, "{seen}");
+    // the bound is not vacuous: a pattern that can go without digits fails it
+    let h = regex_syntax::parse(r"[0-9]*-?[a-z]+|[0-9]{3}").unwrap();
+    assert_eq!(min_digits(&h), 0);
 }
 
 #[test]
