@@ -872,6 +872,74 @@ fn min_digits(h: &regex_syntax::hir::Hir) -> usize {
     }
 }
 
+/// The fewest ASCII letters any match of `h` holds (a class counts only
+/// when it has nothing but letters: a lower bound).
+fn min_letters(h: &regex_syntax::hir::Hir) -> usize {
+    use regex_syntax::hir::{Class as C, HirKind as K};
+    match h.kind() {
+        K::Empty | K::Look(_) => 0,
+        K::Literal(l) => l.0.iter().filter(|c| c.is_ascii_alphabetic()).count(),
+        K::Class(C::Bytes(c)) => usize::from(
+            c.ranges()
+                .iter()
+                .all(|r| (r.start()..=r.end()).all(|x| x.is_ascii_alphabetic())),
+        ),
+        K::Class(C::Unicode(c)) => usize::from(
+            c.ranges()
+                .iter()
+                .all(|r| (r.start()..=r.end()).all(|x| x.is_ascii_alphabetic())),
+        ),
+        K::Repetition(r) => r.min as usize * min_letters(&r.sub),
+        K::Capture(c) => min_letters(&c.sub),
+        K::Concat(v) => v.iter().map(min_letters).sum(),
+        K::Alternation(v) => v.iter().map(min_letters).min().unwrap_or(0),
+    }
+}
+
+/// A run of token bytes without a letter opens no token window: every
+/// pattern of the token class needs one. The digits of such a run still
+/// open their digit window.
+#[test]
+fn every_token_rule_needs_a_letter() {
+    let mut seen = 0;
+    for b in detectors::builtins() {
+        if detectors::class_of(b.detector) != Class::Token {
+            continue;
+        }
+        let h = regex_syntax::parse(b.pattern).unwrap();
+        assert!(min_letters(&h) >= 1, "{} matches without a letter", b.rule);
+        seen += 1;
+    }
+    assert!(seen >= 10, "{seen}");
+    let h = regex_syntax::parse(r"(?i:x)?[0-9a-z]{20}|[A-Z]{2}").unwrap();
+    assert_eq!(min_letters(&h), 0);
+    assert_eq!(
+        min_letters(&regex_syntax::parse(r"(?i:bearer)").unwrap()),
+        6
+    );
+
+    let mut w = trigger::Windows::default();
+    trigger::find(
+        "card 5555555555554444 or 2024-03-15/2024-04-15 x",
+        7,
+        false,
+        &mut w,
+    );
+    assert!(w.token.is_empty(), "{:?}", w.token);
+    assert_eq!(w.digits.len(), 1, "{:?}", w.digits);
+    for t in ["key 5555555555554444AB now", "Bearer 5555555555554444"] {
+        trigger::find(t, 7, false, &mut w);
+        assert_eq!(w.token.len(), 1, "{t}: {:?}", w.token);
+    }
+    let r = Redactor::builtin();
+    let out = r
+        .redact(&req(&chat(
+            "pay 5555555555554444 and 4111-1111-1111-1111 now",
+        )))
+        .unwrap();
+    assert_eq!(out.findings.len(), 2, "{:?}", out.findings);
+}
+
 /// The digit rules are skipped on a stretch beside an IBAN that holds no
 /// digit: every pattern of the digit class needs one.
 #[test]

@@ -404,7 +404,9 @@ pub(crate) fn find(text: &str, min_digits: usize, lower: bool, w: &mut Windows) 
         if lead == s && simd::hexish(&b[s..e]) {
             // the digits in it start no cluster
             simd::clear_range(starts, s, e);
-        } else {
+        } else if lead != s || b[s..e].iter().any(u8::is_ascii_alphabetic) {
+            // every token format has a letter: a run without one (a card
+            // number, a long order number) is left to the digit rules
             push(&mut w.token, (lead, e));
         }
         i = e + 1;
