@@ -694,7 +694,7 @@ impl Redactor {
                             let mut run = want;
                             // a digit rule needs digits: most stretches
                             // around an IBAN are prose
-                            if !simd::next_set(win.digit_mask(), from).is_some_and(|d| d < to) {
+                            if simd::next_set(win.digit_mask(), from).is_none_or(|d| d >= to) {
                                 run = 0;
                             }
                             while run != 0 {
