@@ -848,52 +848,37 @@ fn digit_windows_run_the_rules_their_shape_needs() {
     }
 }
 
-/// The fewest ASCII digits any match of `h` holds (a class counts only
-/// when it has nothing but digits: a lower bound).
-fn min_digits(h: &regex_syntax::hir::Hir) -> usize {
+/// The fewest bytes of class `is` (ASCII) any match of `h` holds; a
+/// regex class counts only when it has nothing but such bytes, so this is
+/// a lower bound.
+fn min_of(h: &regex_syntax::hir::Hir, is: fn(&u8) -> bool) -> usize {
     use regex_syntax::hir::{Class as C, HirKind as K};
     match h.kind() {
         K::Empty | K::Look(_) => 0,
-        K::Literal(l) => l.0.iter().filter(|c| c.is_ascii_digit()).count(),
+        K::Literal(l) => l.0.iter().filter(|c| is(c)).count(),
         K::Class(C::Bytes(c)) => usize::from(
             c.ranges()
                 .iter()
-                .all(|r| r.start() >= b'0' && r.end() <= b'9'),
+                .all(|r| (r.start()..=r.end()).all(|x| is(&x))),
         ),
         K::Class(C::Unicode(c)) => usize::from(
             c.ranges()
                 .iter()
-                .all(|r| r.start() >= '0' && r.end() <= '9'),
+                .all(|r| (r.start()..=r.end()).all(|x| u8::try_from(x).is_ok_and(|x| is(&x)))),
         ),
-        K::Repetition(r) => r.min as usize * min_digits(&r.sub),
-        K::Capture(c) => min_digits(&c.sub),
-        K::Concat(v) => v.iter().map(min_digits).sum(),
-        K::Alternation(v) => v.iter().map(min_digits).min().unwrap_or(0),
+        K::Repetition(r) => r.min as usize * min_of(&r.sub, is),
+        K::Capture(c) => min_of(&c.sub, is),
+        K::Concat(v) => v.iter().map(|x| min_of(x, is)).sum(),
+        K::Alternation(v) => v.iter().map(|x| min_of(x, is)).min().unwrap_or(0),
     }
 }
 
-/// The fewest ASCII letters any match of `h` holds (a class counts only
-/// when it has nothing but letters: a lower bound).
+fn min_digits(h: &regex_syntax::hir::Hir) -> usize {
+    min_of(h, u8::is_ascii_digit)
+}
+
 fn min_letters(h: &regex_syntax::hir::Hir) -> usize {
-    use regex_syntax::hir::{Class as C, HirKind as K};
-    match h.kind() {
-        K::Empty | K::Look(_) => 0,
-        K::Literal(l) => l.0.iter().filter(|c| c.is_ascii_alphabetic()).count(),
-        K::Class(C::Bytes(c)) => usize::from(
-            c.ranges()
-                .iter()
-                .all(|r| (r.start()..=r.end()).all(|x| x.is_ascii_alphabetic())),
-        ),
-        K::Class(C::Unicode(c)) => usize::from(
-            c.ranges()
-                .iter()
-                .all(|r| (r.start()..=r.end()).all(|x| x.is_ascii_alphabetic())),
-        ),
-        K::Repetition(r) => r.min as usize * min_letters(&r.sub),
-        K::Capture(c) => min_letters(&c.sub),
-        K::Concat(v) => v.iter().map(min_letters).sum(),
-        K::Alternation(v) => v.iter().map(min_letters).min().unwrap_or(0),
-    }
+    min_of(h, u8::is_ascii_alphabetic)
 }
 
 /// A run of token bytes without a letter opens no token window: every
