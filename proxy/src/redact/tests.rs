@@ -881,21 +881,26 @@ fn min_letters(h: &regex_syntax::hir::Hir) -> usize {
     min_of(h, u8::is_ascii_alphabetic)
 }
 
+/// Each built-in rule of `class`, with what `count` says of its pattern.
+fn fewest_in_class(
+    class: Class,
+    count: fn(&regex_syntax::hir::Hir) -> usize,
+) -> Vec<(&'static str, usize)> {
+    detectors::builtins()
+        .into_iter()
+        .filter(|b| detectors::class_of(b.detector) == class)
+        .map(|b| (b.rule, count(&regex_syntax::parse(b.pattern).unwrap())))
+        .collect()
+}
+
 /// A run of token bytes without a letter opens no token window: every
 /// pattern of the token class needs one. The digits of such a run still
 /// open their digit window.
 #[test]
 fn every_token_rule_needs_a_letter() {
-    let mut seen = 0;
-    for b in detectors::builtins() {
-        if detectors::class_of(b.detector) != Class::Token {
-            continue;
-        }
-        let h = regex_syntax::parse(b.pattern).unwrap();
-        assert!(min_letters(&h) >= 1, "{} matches without a letter", b.rule);
-        seen += 1;
-    }
-    assert!(seen >= 10, "{seen}");
+    let rules = fewest_in_class(Class::Token, min_letters);
+    assert!(rules.len() >= 10, "{rules:?}");
+    assert!(rules.iter().all(|r| r.1 >= 1), "{rules:?}");
     let h = regex_syntax::parse(r"(?i:x)?[0-9a-z]{20}|[A-Z]{2}").unwrap();
     assert_eq!(min_letters(&h), 0);
     assert_eq!(
@@ -929,16 +934,9 @@ fn every_token_rule_needs_a_letter() {
 /// digit: every pattern of the digit class needs one.
 #[test]
 fn every_digit_rule_needs_a_digit() {
-    let mut seen = 0;
-    for b in detectors::builtins() {
-        if detectors::class_of(b.detector) != Class::Digits {
-            continue;
-        }
-        let h = regex_syntax::parse(b.pattern).unwrap();
-        assert!(min_digits(&h) >= 1, "{} matches without a digit", b.rule);
-        seen += 1;
-    }
-    assert!(seen >= 8, "{seen}");
+    let rules = fewest_in_class(Class::Digits, min_digits);
+    assert!(rules.len() >= 8, "{rules:?}");
+    assert!(rules.iter().all(|r| r.1 >= 1), "{rules:?}");
     // the bound is not vacuous: a pattern that can go without digits fails it
     let h = regex_syntax::parse(r"[0-9]*-?[a-z]+|[0-9]{3}").unwrap();
     assert_eq!(min_digits(&h), 0);
