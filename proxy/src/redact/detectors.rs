@@ -575,13 +575,9 @@ pub(crate) fn card(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     None
 }
 
+/// [`card`] as it was, with a full Luhn pass per candidate run: the
+/// reference its test compares it with.
 #[cfg(test)]
-/// [`card`] with a full Luhn pass per candidate: the reference its tests
-/// compare with.
-///
-/// Card: try every run of whole digit groups (13–19 digits) inside the
-/// candidate, longest first, so a card glued to a neighbouring number by a
-/// space is still found.
 pub(crate) fn card_by_luhn(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let m = &text.as_bytes()[s..e];
     // most candidates are short numbers (years, amounts, order numbers)
