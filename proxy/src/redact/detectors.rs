@@ -575,59 +575,40 @@ pub(crate) fn card(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// [`card`] as it was, with a full Luhn pass per candidate run: the
-/// reference its test compares it with.
+/// [`card`] the plain way, from the digit groups of the candidate and a
+/// whole Luhn pass per run of them: the reference its test compares it
+/// with.
 #[cfg(test)]
 pub(crate) fn card_by_luhn(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let m = &text.as_bytes()[s..e];
-    // most candidates are short numbers (years, amounts, order numbers)
-    if m.iter().filter(|c| c.is_ascii_digit()).count() < 13 {
-        return None;
+    let mut groups = Vec::new();
+    let mut k = 0;
+    while k < m.len() {
+        let a = k;
+        while k < m.len() && m[k].is_ascii_digit() {
+            k += 1;
+        }
+        if k > a {
+            groups.push((a, k));
+        }
+        k = k.max(a + 1);
     }
-    // every run of whole digit groups, from each group start, up to 19 digits
-    let mut a = 0;
-    while a < m.len() {
-        if !m[a].is_ascii_digit() {
-            a += 1;
-            continue;
-        }
-        // no issuer number starts with 0, 1, 7, 8 or 9 (`card_iin_ok`):
-        // no run from this group can be a card
-        if !(b'2'..=b'6').contains(&m[a]) {
-            while a < m.len() && m[a].is_ascii_digit() {
-                a += 1;
+    // from the first group start that has a card, the longest run of
+    // whole groups (at most 19 digits) that is one
+    groups.iter().enumerate().find_map(|(g, &(a, _))| {
+        let mut d: Vec<u8> = Vec::new();
+        let mut best = None;
+        for &(ga, gb) in &groups[g..] {
+            d.extend(m[ga..gb].iter().map(|c| c - b'0'));
+            if d.len() > 19 {
+                break;
             }
-            continue;
-        }
-        let mut d = [0u8; 19];
-        let mut n = 0usize;
-        let mut best: Option<(usize, usize)> = None;
-        let mut k = a;
-        'grow: while k < m.len() {
-            while k < m.len() && m[k].is_ascii_digit() {
-                let Some(x) = d.get_mut(n) else {
-                    break 'grow;
-                };
-                *x = m[k] - b'0';
-                n += 1;
-                k += 1;
-            }
-            let ds = &d[..n];
-            if n >= 13 && card_iin_ok(ds) && luhn(ds) && isolated(text, s + a, s + k) {
-                best = Some((s + a, s + k));
-            }
-            while k < m.len() && !m[k].is_ascii_digit() {
-                k += 1;
+            if d.len() >= 13 && card_iin_ok(&d) && luhn(&d) && isolated(text, s + a, s + gb) {
+                best = Some((s + a, s + gb));
             }
         }
-        if best.is_some() {
-            return best;
-        }
-        while a < m.len() && m[a].is_ascii_digit() {
-            a += 1;
-        }
-    }
-    None
+        best
+    })
 }
 
 fn ssn_ok(m: &str) -> bool {
