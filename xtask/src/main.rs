@@ -538,6 +538,20 @@ fn redaction_summary(criterion: &Path) {
             eprintln!("{row}   ≥ {:.1} GB/s {verdict}", target / 1e9);
         }
     }
+    // the same body over and over: what is left when the branch predictor
+    // has learnt the text, and so how much of the time above it costs
+    for kind in ["plain", "clean", "dense"] {
+        let one = throughput(criterion, &format!("redact_one_body/{kind}/16"));
+        let all = throughput(criterion, &format!("redact/{kind}/16"));
+        if let (Some(one), Some(all)) = (one, all) {
+            eprintln!(
+                "    {:<28} {:>13}   {:.0} % of the time above goes to branches on the text",
+                format!("redact/{kind}, one body"),
+                format!("{:.2} GB/s", one / 1e9),
+                (1.0 - all / one).max(0.0) * 100.0
+            );
+        }
+    }
     // the density sweep: where the dense target is crossed
     let sweep = criterion.join("redact_density").join("bytes_per_finding");
     let mut spacings: Vec<usize> = std::fs::read_dir(&sweep)
