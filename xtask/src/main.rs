@@ -545,7 +545,7 @@ fn redaction_summary(criterion: &Path) {
         let all = throughput(criterion, &format!("redact/{kind}/16"));
         if let (Some(one), Some(all)) = (one, all) {
             eprintln!(
-                "    {:<28} {:>13}   {:.0} % of the time above goes to branches on the text",
+                "    {:<28} {:>13}   {:.0} % less time once the branch predictor knows the text",
                 format!("redact/{kind}, one body"),
                 format!("{:.2} GB/s", one / 1e9),
                 (1.0 - all / one).max(0.0) * 100.0
