@@ -12,6 +12,8 @@
 //! NFKC is applied per character: canonical composition across characters is
 //! not done. The detectors look for ASCII shapes, which that does not change.
 
+use std::hint::select_unpredictable;
+
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 use super::simd::{copy_bits, next_set, stop_mask};
@@ -20,7 +22,7 @@ use super::simd::{copy_bits, next_set, stop_mask};
 /// escape, a character NFKC changes, a dropped one: `norm_len` 0). The
 /// text between units is the raw text, byte for byte, so only the units
 /// are recorded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Unit {
     norm: u32,
     norm_len: u32,
@@ -239,6 +241,19 @@ pub(crate) fn normalize(text: &str, base: usize, json: bool, out: &mut Norm) {
 
 /// [`normalize`] given the string's stop mask.
 fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut Norm) {
+    normalize_steps(text, base, json, stops, out, true);
+}
+
+/// [`normalize_with`]; `steps` says whether stretches of one-character
+/// escapes may take [`simple_stretch`] (the tests compare both ways).
+fn normalize_steps(
+    text: &str,
+    base: usize,
+    json: bool,
+    stops: &[u64],
+    out: &mut Norm,
+    steps: bool,
+) {
     out.text.clear();
     out.units.clear();
     out.base = base;
@@ -248,6 +263,10 @@ fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut 
     let mut run = 0usize;
     let mut i = 0usize;
     loop {
+        if steps && json && run == i {
+            i = simple_stretch(b, base, i, stops, out);
+            run = i;
+        }
         i = match next_set(stops, i) {
             Some(k) if k < b.len() => k,
             _ => break,
@@ -289,10 +308,155 @@ fn normalize_with(text: &str, base: usize, json: bool, stops: &[u64], out: &mut 
     out.text.push_str(text.get(run..).unwrap_or_default());
 }
 
+/// Bytes a step of [`simple_stretch`] may read: 64 from its position, and
+/// the byte after an escape at the last of them.
+const STEP_READ: usize = 66;
+
+/// Each byte `c` of a one-character JSON escape `\c` ([`simple_json`]) and
+/// the byte it stands for; 0 for the others.
+const SIMPLE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match simple_json(c as u8) {
+            Some(d) => d,
+            None => 0,
+        };
+        c += 1;
+    }
+    t
+};
+
+/// Copy `b` from `i` into `out` for as long as its only stops are
+/// one-character JSON escapes (the newlines of prose, above all), and
+/// return where it stopped: at a stop of another kind, or where fewer than
+/// [`STEP_READ`] bytes are left. Each step copies 64 bytes and, if a stop
+/// lies among them, writes that escape's byte over its backslash and
+/// moves on from just after it (the next step's copy overwrites the rest):
+/// one step per escape or per 64 bytes, and no branch on where the escapes
+/// are. (Stepping from escape to escape and copying the stretches between
+/// them lost half its time to mispredicted branches on prose with
+/// newlines.)
+fn simple_stretch(b: &[u8], base: usize, i0: usize, stops: &[u64], out: &mut Norm) -> usize {
+    let n = b.len();
+    // reads stay below `n`, and both stop words read are in `stops`
+    if i0 + STEP_READ > n || stops.len() < n.div_ceil(64) {
+        return i0;
+    }
+    let mut bytes = std::mem::take(&mut out.text).into_bytes();
+    let o0 = bytes.len();
+    // every write lands below `o + 65`, and `o - o0 <= i - i0`
+    bytes.reserve(n - i0);
+    // a unit is written at every step and kept for an escape: room for one
+    // per stop, and the one written after the last
+    let most: u32 = stops[i0 / 64..].iter().map(|w| w.count_ones()).sum();
+    out.units.reserve(most as usize + 1);
+    let u0 = out.units.len();
+    let (src, dst, units) = (b.as_ptr(), bytes.as_mut_ptr(), out.units.as_mut_ptr());
+    // SAFETY: as for `stretch_steps`, whose bounds are checked above
+    let (mut i, mut o, u) = unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::wide() {
+            stretch_steps_avx2(src, n, base, stops, dst, units, (i0, o0, u0))
+        } else {
+            stretch_steps(src, n, base, stops, dst, units, (i0, o0, u0))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        stretch_steps(src, n, base, stops, dst, units, (i0, o0, u0))
+    };
+    // a step without an escape may end inside a character: its bytes are
+    // left to the caller, which works from character to character
+    while i > i0 && b.get(i).is_some_and(|&c| (c as i8) < -0x40) {
+        i -= 1;
+        o -= 1;
+    }
+    // SAFETY: the units below `u` were written; the bytes below `o` are
+    // the text before plus `b[i0..i]` with each escape's two ASCII
+    // bytes replaced by one ASCII byte: UTF-8, as `b` is, since no byte
+    // of a multi-byte character was dropped, and `i` is a boundary.
+    unsafe {
+        out.units.set_len(u);
+        bytes.set_len(o);
+        out.text = String::from_utf8_unchecked(bytes);
+    }
+    i
+}
+
+/// [`stretch_steps`] compiled for AVX2: each 64-byte copy is two moves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2")]
+unsafe fn stretch_steps_avx2(
+    src: *const u8,
+    n: usize,
+    base: usize,
+    stops: &[u64],
+    dst: *mut u8,
+    units: *mut Unit,
+    at: (usize, usize, usize),
+) -> (usize, usize, usize) {
+    // SAFETY: the caller's
+    unsafe { stretch_steps(src, n, base, stops, dst, units, at) }
+}
+
+/// The steps of [`simple_stretch`] from `at` (raw position, text length,
+/// units), returning where they stopped.
+///
+/// # Safety
+/// `src` holds `n` bytes and `stops` at least `n.div_ceil(64)` words; `dst`
+/// has room for `n - at.0` bytes past `at.1`, and `units` for one more
+/// unit than `stops` has bits set from word `at.0 / 64` on, past `at.2`.
+#[inline(always)]
+unsafe fn stretch_steps(
+    src: *const u8,
+    n: usize,
+    base: usize,
+    stops: &[u64],
+    dst: *mut u8,
+    units: *mut Unit,
+    (mut i, mut o, mut u): (usize, usize, usize),
+) -> (usize, usize, usize) {
+    // SAFETY: `i + 66 <= n` in the loop, so the reads (`src[i..i + 64]`,
+    // `src[i + k + 1]` with `k <= 64`, the stop words `i / 64` and the
+    // next, both below `n.div_ceil(64)`) are in bounds; writes end at
+    // `o + 65`, and `o` grows no faster than `i`, within the room
+    // promised; `u` grows only at a stop.
+    unsafe {
+        while i + STEP_READ <= n {
+            let (w, sh) = (i / 64, (i % 64) as u32);
+            let lo = *stops.get_unchecked(w) >> sh;
+            // `<< 1 << (63 - sh)`: the word above, none of it at sh 0
+            let hi = *stops.get_unchecked(w + 1) << 1 << (63 - sh);
+            let k = (lo | hi).trailing_zeros() as usize;
+            let has = k < 64;
+            // The only ASCII stop is the backslash; any other starts a
+            // character of several bytes, so the byte after it is not one
+            // of an escape either. (Nor is a backslash's in `\\` or `\u`.)
+            let d = SIMPLE[usize::from(*src.add(i + k + 1))] | u8::from(!has);
+            if d == 0 {
+                break;
+            }
+            std::ptr::copy_nonoverlapping(src.add(i), dst.add(o), 64);
+            *dst.add(o + k) = d;
+            units.add(u).write(Unit {
+                norm: (o + k) as u32,
+                norm_len: 1,
+                raw: (base + i + k) as u32,
+                raw_len: 2,
+            });
+            u += usize::from(has);
+            // selects, not branches: whether a step has an escape is as
+            // good as random
+            i += select_unpredictable(has, k + 2, 64);
+            o += select_unpredictable(has, k + 1, 64);
+        }
+    }
+    (i, o, u)
+}
+
 /// The byte a JSON escape `\c` stands for, for the escapes of one
 /// character other than `\\` (which may start an escape one level down).
 #[inline]
-fn simple_json(c: u8) -> Option<u8> {
+const fn simple_json(c: u8) -> Option<u8> {
     Some(match c {
         b'n' => b'\n',
         b't' => b'\t',
@@ -380,6 +544,68 @@ mod escape_tests {
         assert_eq!(n.raw_span(1, 2), (101, 103));
         assert_eq!(n.raw_span(2, 3), (103, 104));
         assert_eq!(n.raw_span(7, 8), (111, 114));
+    }
+}
+
+#[cfg(test)]
+mod stretch_tests {
+    use super::*;
+
+    /// Strings of prose, one-character escapes (several in a row, one
+    /// every few bytes, none for hundreds of bytes), and now and then
+    /// something only the stop-by-stop path decodes: both ways give the
+    /// same text and the same map, from every start offset in a mask word.
+    #[test]
+    fn stretch_steps_normalise_as_stop_by_stop() {
+        const PIECES: &[&str] = &[
+            "the quick brown fox ",
+            "é",
+            "—",
+            "jumps",
+            r"\n",
+            r"\n",
+            r"\t",
+            r#"\""#,
+            r"\/",
+            r"\r\n",
+            " ",
+            "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        ];
+        const RARE: &[&str] = &[r"\u0040", r"\\n", "\u{200b}", "１", r"\\"];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut stepped, mut checked) = (0, 0);
+        for round in 0..3000 {
+            let mut raw = String::new();
+            let len = (next() % 700) as usize;
+            while raw.len() < len {
+                let x = next();
+                if x % 50 == 0 {
+                    raw.push_str(RARE[(x / 50 % RARE.len() as u64) as usize]);
+                } else {
+                    raw.push_str(PIECES[(x % PIECES.len() as u64) as usize]);
+                }
+            }
+            let base = 1000 + round % 64;
+            let mut stops = Vec::new();
+            stop_mask(raw.as_bytes(), &mut stops);
+            let (mut fast, mut slow) = (Norm::default(), Norm::default());
+            // text already in the buffer is kept ahead of the string's
+            fast.text.push_str("ab");
+            slow.text.push_str("ab");
+            normalize_steps(&raw, base, true, &stops, &mut fast, true);
+            normalize_steps(&raw, base, true, &stops, &mut slow, false);
+            assert_eq!(fast.text, slow.text, "{raw:?}");
+            assert_eq!(fast.units, slow.units, "{raw:?}");
+            stepped += usize::from(raw.len() >= STEP_READ && raw.contains('\\'));
+            checked += fast.units.len();
+        }
+        assert!(stepped > 1500 && checked > 50_000, "{stepped} {checked}");
     }
 }
 
