@@ -330,13 +330,13 @@ const SIMPLE: [u8; 256] = {
 /// Copy `b` from `i` into `out` for as long as its only stops are
 /// one-character JSON escapes (the newlines of prose, above all), and
 /// return where it stopped: at a stop of another kind, or where fewer than
-/// [`STEP_READ`] bytes are left. Each step copies 64 bytes and, if a stop
-/// lies among them, writes that escape's byte over its backslash and
-/// moves on from just after it (the next step's copy overwrites the rest):
-/// one step per escape or per 64 bytes, and no branch on where the escapes
-/// are. (Stepping from escape to escape and copying the stretches between
-/// them lost half its time to mispredicted branches on prose with
-/// newlines.)
+/// [`STEP_READ`] bytes are left. Each step goes to the next escape or to
+/// the end of a mask word, whichever comes first: it copies 64 bytes,
+/// writes the escape's byte over its backslash if there is one, and moves
+/// on from after it (the next step's copy overwrites the rest). One step
+/// per escape or word, and no branch on where the escapes are. (Stepping
+/// from escape to escape and copying the stretches between them lost half
+/// its time to mispredicted branches on prose with newlines.)
 fn simple_stretch(b: &[u8], base: usize, i0: usize, stops: &[u64], out: &mut Norm) -> usize {
     let n = b.len();
     // reads stay below `n`, and both stop words read are in `stops`
@@ -416,38 +416,49 @@ unsafe fn stretch_steps(
     (mut i, mut o, mut u): (usize, usize, usize),
 ) -> (usize, usize, usize) {
     // SAFETY: `i + 66 <= n` in the loop, so the reads (`src[i..i + 64]`,
-    // `src[i + k + 1]` with `k <= 64`, the stop words `i / 64` and the
+    // `src[at + 1]` with `at <= i + 64`, the stop words `i / 64` and the
     // next, both below `n.div_ceil(64)`) are in bounds; writes end at
     // `o + 65`, and `o` grows no faster than `i`, within the room
     // promised; `u` grows only at a stop.
     unsafe {
+        // the stops of the word `i` is in, from `i` on: a step ends at the
+        // next stop or at the word's end, so the next word's stops are
+        // loaded a step ahead and the steps wait on no load
+        let mut w = i / 64;
+        let mut cur = match stops.get(w) {
+            Some(&x) => x & (!0u64 << (i % 64)),
+            None => return (i, o, u),
+        };
         while i + STEP_READ <= n {
-            let (w, sh) = (i / 64, (i % 64) as u32);
-            let lo = *stops.get_unchecked(w) >> sh;
-            // `<< 1 << (63 - sh)`: the word above, none of it at sh 0
-            let hi = *stops.get_unchecked(w + 1) << 1 << (63 - sh);
-            let k = (lo | hi).trailing_zeros() as usize;
-            let has = k < 64;
+            let ahead = *stops.get_unchecked(w + 1);
+            let has = cur != 0;
+            // the stop, or the next word's first byte
+            let at = w * 64 + cur.trailing_zeros() as usize;
             // The only ASCII stop is the backslash; any other starts a
             // character of several bytes, so the byte after it is not one
             // of an escape either. (Nor is a backslash's in `\\` or `\u`.)
-            let d = SIMPLE[usize::from(*src.add(i + k + 1))] | u8::from(!has);
+            let d = SIMPLE[usize::from(*src.add(at + 1))] | u8::from(!has);
             if d == 0 {
                 break;
             }
+            // `at - i <= 64`: the copy reaches the stop or the word's end
             std::ptr::copy_nonoverlapping(src.add(i), dst.add(o), 64);
-            *dst.add(o + k) = d;
+            *dst.add(o + at - i) = d;
             units.add(u).write(Unit {
-                norm: (o + k) as u32,
+                norm: (o + at - i) as u32,
                 norm_len: 1,
-                raw: (base + i + k) as u32,
+                raw: (base + at) as u32,
                 raw_len: 2,
             });
             u += usize::from(has);
             // selects, not branches: whether a step has an escape is as
             // good as random
-            i += select_unpredictable(has, k + 2, 64);
-            o += select_unpredictable(has, k + 1, 64);
+            let next = select_unpredictable(has, at + 2, at);
+            o += next - i - usize::from(has);
+            i = next;
+            let same = i / 64 == w;
+            w = i / 64;
+            cur = select_unpredictable(same, cur, ahead) & (!0u64 << (i % 64));
         }
     }
     (i, o, u)

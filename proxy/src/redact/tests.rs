@@ -128,6 +128,76 @@ fn nfkc_fast_ranges_agree_with_tables() {
     }
 }
 
+/// Long strings with escapes of every kind, valid and not, at every
+/// offset within a mask word and after stretches of every length: accepted
+/// exactly when `serde_json` accepts them, with the span and escape flag
+/// of the one string.
+#[test]
+fn walker_steps_over_long_strings_as_serde_json_reads_them() {
+    struct V(Vec<(usize, usize, bool)>);
+    impl json::Visitor for V {
+        fn string(&mut self, s: usize, e: usize, esc: bool, _: bool, _: &[json::Seg]) -> bool {
+            self.0.push((s, e, esc));
+            false
+        }
+    }
+    const PIECES: &[&str] = &[
+        "plain prose ",
+        "é—",
+        r"\n",
+        r"\n",
+        r#"\""#,
+        r"\\",
+        r"\/",
+        r"\t",
+        r"\u0041",
+        r"\uD83D\uDE00",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        "x",
+        "yz",
+        // stretches of a mask word's length and one less
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqr",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq",
+    ];
+    const BAD: &[&str] = &[r"\x", r"\u12", "\u{1}", r"\uDE00", "\t", r"\"];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for round in 0..4000 {
+        let mut content = String::new();
+        let len = 40 + (next() % 400) as usize;
+        while content.len() < len {
+            let x = next();
+            if x % 97 == 0 {
+                content.push_str(BAD[(x / 97 % BAD.len() as u64) as usize]);
+            } else {
+                content.push_str(PIECES[(x % PIECES.len() as u64) as usize]);
+            }
+        }
+        // the string starts anywhere in a mask word
+        let pad = " ".repeat(round % 64);
+        let doc = format!("{pad}[\"{content}\"]");
+        let mut v = V(Vec::new());
+        let ours = json::walk(doc.as_bytes(), &mut v);
+        let theirs = serde_json::from_str::<serde_json::Value>(&doc);
+        assert_eq!(ours.is_ok(), theirs.is_ok(), "{doc:?}");
+        if ours.is_ok() {
+            let s = pad.len() + 2;
+            assert_eq!(v.0, vec![(s, s + content.len(), content.contains('\\'))], "{doc:?}");
+            ok += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(ok > 2000 && refused > 300, "{ok} {refused}");
+}
+
 #[test]
 fn walker_reports_string_spans_and_paths() {
     struct V(Vec<(String, bool, String)>);
