@@ -189,7 +189,11 @@ fn walker_steps_over_long_strings_as_serde_json_reads_them() {
         assert_eq!(ours.is_ok(), theirs.is_ok(), "{doc:?}");
         if ours.is_ok() {
             let s = pad.len() + 2;
-            assert_eq!(v.0, vec![(s, s + content.len(), content.contains('\\'))], "{doc:?}");
+            assert_eq!(
+                v.0,
+                vec![(s, s + content.len(), content.contains('\\'))],
+                "{doc:?}"
+            );
             ok += 1;
         } else {
             refused += 1;
