@@ -336,6 +336,11 @@ async fn upstream_connections_are_reused() {
             .unwrap();
         assert_eq!(r.status, 200);
     }
+    // pingora returns the upstream connection to its pool after the
+    // response has gone out, and writes the decision record after that:
+    // once the fifth record is there, the connection is back in the pool
+    // (without this wait the next request could race it and open another)
+    assert_eq!(env.records(5).len(), 5);
     // A second downstream connection still rides the pooled upstream one.
     let r = post(
         env.app,
