@@ -312,6 +312,12 @@ fn normalize_steps(
 /// the byte after an escape at the last of them.
 const STEP_READ: usize = 66;
 
+/// Bytes one round of [`simple_stretch`]'s steps covers at most. The steps
+/// are entered again after every stop of another kind (text a client sent
+/// as ASCII only has a `\u` escape for every other character), so each
+/// round's set-up is kept to the round's own length.
+const ROUND: usize = 512;
+
 /// Each byte `c` of a one-character JSON escape `\c` ([`simple_json`]) and
 /// the byte it stands for; 0 for the others.
 const SIMPLE: [u8; 256] = {
@@ -343,39 +349,64 @@ fn simple_stretch(b: &[u8], base: usize, i0: usize, stops: &[u64], out: &mut Nor
     if i0 + STEP_READ > n || stops.len() < n.div_ceil(64) {
         return i0;
     }
+    // Nothing to step over unless the next stop is such an escape: the
+    // caller copies up to any other (and is back here after each one).
+    match next_set(stops, i0) {
+        Some(k) if b.get(k + 1).is_some_and(|&c| SIMPLE[usize::from(c)] != 0) => {}
+        _ => return i0,
+    }
     let mut bytes = std::mem::take(&mut out.text).into_bytes();
     let o0 = bytes.len();
     // every write lands below `o + 65`, and `o - o0 <= i - i0`
     bytes.reserve(n - i0);
-    // a unit is written at every step and kept for an escape: room for one
-    // per stop, and the one written after the last
-    let most: u32 = stops[i0 / 64..].iter().map(|w| w.count_ones()).sum();
-    out.units.reserve(most as usize + 1);
-    let u0 = out.units.len();
-    let (src, dst, units) = (b.as_ptr(), bytes.as_mut_ptr(), out.units.as_mut_ptr());
-    // SAFETY: as for `stretch_steps`, whose bounds are checked above
-    let (mut i, mut o, u) = unsafe {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::wide() {
-            stretch_steps_avx2(src, n, base, stops, dst, units, (i0, o0, u0))
-        } else {
-            stretch_steps(src, n, base, stops, dst, units, (i0, o0, u0))
+    let (src, dst) = (b.as_ptr(), bytes.as_mut_ptr());
+    let (mut i, mut o) = (i0, o0);
+    loop {
+        // A unit is written at every step and kept for an escape: room for
+        // one per stop of this round, and the one written after the last.
+        // Counted a round at a time, so a visit costs what it steps over,
+        // not the rest of the string.
+        let lim = (i + ROUND).min(n);
+        let most: u32 = stops
+            .get(i / 64..lim.div_ceil(64))
+            .unwrap_or_default()
+            .iter()
+            .map(|w| w.count_ones())
+            .sum();
+        out.units.reserve(most as usize + 1);
+        let (units, u0) = (out.units.as_mut_ptr(), out.units.len());
+        // SAFETY: as for `stretch_steps`, with `lim <= n` as its length:
+        // `b` holds `lim` bytes, `stops` the words checked above, `dst` the
+        // room reserved above, `units` the room just reserved
+        let (next, to, u) = unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::wide() {
+                stretch_steps_avx2(src, lim, base, stops, dst, units, (i, o, u0))
+            } else {
+                stretch_steps(src, lim, base, stops, dst, units, (i, o, u0))
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            stretch_steps(src, lim, base, stops, dst, units, (i, o, u0))
+        };
+        // SAFETY: the units below `u` were written
+        unsafe { out.units.set_len(u) };
+        (i, o) = (next, to);
+        // stopped at a stop of another kind, or at the string's end
+        if i + STEP_READ <= lim || lim == n {
+            break;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        stretch_steps(src, n, base, stops, dst, units, (i0, o0, u0))
-    };
+    }
     // a step without an escape may end inside a character: its bytes are
     // left to the caller, which works from character to character
     while i > i0 && b.get(i).is_some_and(|&c| (c as i8) < -0x40) {
         i -= 1;
         o -= 1;
     }
-    // SAFETY: the units below `u` were written; the bytes below `o` are
-    // the text before plus `b[i0..i]` with each escape's two ASCII
-    // bytes replaced by one ASCII byte: UTF-8, as `b` is, since no byte
-    // of a multi-byte character was dropped, and `i` is a boundary.
+    // SAFETY: the bytes below `o` are the text before plus `b[i0..i]`
+    // with each escape's two ASCII bytes replaced by one ASCII byte:
+    // UTF-8, as `b` is, since no byte of a multi-byte character was
+    // dropped, and `i` is a boundary.
     unsafe {
-        out.units.set_len(u);
         bytes.set_len(o);
         out.text = String::from_utf8_unchecked(bytes);
     }
@@ -402,9 +433,11 @@ unsafe fn stretch_steps_avx2(
 /// units), returning where they stopped.
 ///
 /// # Safety
-/// `src` holds `n` bytes and `stops` at least `n.div_ceil(64)` words; `dst`
+/// `src` holds at least `n` bytes and `stops` at least `n.div_ceil(64)`
+/// words; `dst`
 /// has room for `n - at.0` bytes past `at.1`, and `units` for one more
-/// unit than `stops` has bits set from word `at.0 / 64` on, past `at.2`.
+/// unit than `stops` has bits set in words `at.0 / 64` to
+/// `n.div_ceil(64)`, past `at.2`.
 #[inline(always)]
 unsafe fn stretch_steps(
     src: *const u8,
@@ -593,7 +626,8 @@ mod stretch_tests {
         let (mut stepped, mut checked) = (0, 0);
         for round in 0..3000 {
             let mut raw = String::new();
-            let len = (next() % 700) as usize;
+            // now and then longer than a round of steps
+            let len = (next() % if round % 10 == 0 { 6000 } else { 700 }) as usize;
             while raw.len() < len {
                 let x = next();
                 if x % 50 == 0 {
